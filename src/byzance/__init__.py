@@ -1,7 +1,7 @@
 """byzance: Byzantine-resilient distributed and federated machine learning."""
 
-from byzance import aggregators
+from byzance import aggregators, attacks, datasets, models, sim
 
 __version__ = "0.1.0"
 
-__all__ = ["aggregators", "__version__"]
+__all__ = ["aggregators", "attacks", "datasets", "models", "sim", "__version__"]

@@ -1,0 +1,33 @@
+"""Shared test settings: fast hypothesis profile, and the real datasets folder beside the repo."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "byzance",
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=True,
+)
+settings.load_profile("byzance")
+
+#: ../shared/datasets relative to the repository root (what CI and developers have)
+SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+os.environ.setdefault("BYZANCE_DATA_DIR", str(SHARED_DATASETS))
+# verification stamps of the tests go to a throw-away folder, not the user's cache
+os.environ.setdefault("BYZANCE_CACHE_DIR", str(Path(tempfile.gettempdir()) / "byzance-test-cache"))
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    """The folder holding the real datasets; tests needing it skip when it is absent."""
+    if not SHARED_DATASETS.is_dir():
+        pytest.skip(f"no shared datasets at {SHARED_DATASETS}")
+    return SHARED_DATASETS
