@@ -1,0 +1,48 @@
+"""Bucketing (Karimireddy, He, Jaggi, ICLR 2022), a pre-aggregator."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from byzance.aggregators.base import PreAggregator, require
+
+
+class Bucketing(PreAggregator):
+    """Random bucketing (Karimireddy, He, Jaggi, ICLR 2022, "Byzantine-robust learning on
+    heterogeneous datasets via bucketing").
+
+    Draw a uniformly random permutation pi of the n inputs, split it into consecutive buckets
+    of size s (the last one smaller when s does not divide n) and output the mean of each
+    bucket: ``y_j = mean{x_pi(i) : i in [j s, (j+1) s)}``, giving ``ceil(n/s)`` vectors.
+    The permutation comes from a ``torch.Generator`` seeded with ``seed`` kept in the object:
+    the sequence of permutations is reproducible and each call draws a new one
+    (``reset()`` restarts it). A non-finite input only affects its own bucket. Needs s >= 1.
+    """
+
+    name = "bucketing"
+
+    def __init__(self, s: int = 2, seed: int = 0) -> None:
+        require("Bucketing", isinstance(s, int) and s >= 1, "an integer s >= 1", s=s)
+        self.s, self.seed = s, int(seed)
+        self.reset()
+
+    def reset(self) -> None:
+        """Restart the sequence of permutations."""
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+    def output_size(self, n: int) -> int:
+        return math.ceil(n / self.s)
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        m = self.output_size(n)
+        perm = torch.randperm(n, generator=self._generator)
+        bucket = torch.empty(n, dtype=torch.long)
+        bucket[perm] = torch.arange(n) // self.s  # input perm[i] goes to bucket i // s
+        counts = torch.bincount(bucket, minlength=m).to(x.dtype)
+        bucket = bucket.to(x.device)
+        out = torch.zeros(m, x.shape[1], dtype=x.dtype, device=x.device)
+        out.index_add_(0, bucket, x)
+        return out / counts.to(x.device)[:, None]

@@ -1,0 +1,28 @@
+"""Static norm clipping, a pre-aggregator."""
+
+from __future__ import annotations
+
+import torch
+
+from byzance.aggregators.base import PreAggregator, require
+
+
+class Clipping(PreAggregator):
+    """Static clipping: ``x_i <- x_i * min(1, c / ||x_i||_2)``, so every output has norm <= c.
+
+    Norms are computed in float64 (no overflow for huge finite float32 vectors). A vector with
+    a NaN/inf entry has no finite clipped value and is passed on unchanged, for the following
+    rule to handle as an outlier. Keeps n vectors; needs c > 0.
+    """
+
+    name = "clipping"
+
+    def __init__(self, c: float = 1.0) -> None:
+        require("Clipping", c > 0, "c > 0", c=c)
+        self.c = float(c)
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        norms = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64)
+        scale = torch.clamp(self.c / norms, max=1.0)
+        scale = torch.where(torch.isfinite(norms), scale, torch.ones_like(scale))
+        return x * scale.to(x.dtype)[:, None]

@@ -1,0 +1,58 @@
+"""A little is enough (Baruch, Baruch, Goldberg, NeurIPS 2019)."""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import torch
+
+from byzance.attacks.base import LinearAttack, check_real
+
+
+def alie_z_max(n: int, f: int) -> float:
+    """The paper's largest undetected shift, in honest standard deviations.
+
+    Baruch et al. 2019: with n workers of which f are Byzantine, the attacker
+    needs ``s = floor(n/2 + 1) - f`` honest workers on its side for a majority, and picks
+    the largest ``z`` such that ``s`` honest values are expected to lie farther from the mean
+    than ``z`` standard deviations: ``z_max = Phi^{-1}((n - s) / n)`` (Phi: the standard
+    normal CDF). E.g. n=50, f=12: s=14, z_max = Phi^{-1}(0.72) = 0.5828.
+    Requires ``1 <= f <= floor(n/2)`` (else s <= 0 and z_max is infinite).
+    """
+    if f < 1 or f > n // 2:
+        raise ValueError(
+            f"ALittleIsEnough: z_max needs 1 <= f <= floor(n/2) (so s = floor(n/2+1) - f >= 1), "
+            f"got n={n}, f={f}; pass z explicitly"
+        )
+    s = math.floor(n / 2 + 1) - f
+    return NormalDist().inv_cdf((n - s) / n)
+
+
+class ALittleIsEnough(LinearAttack):
+    """Shift the honest mean by ``z`` per-coordinate standard deviations: ``mu - z * sigma``.
+
+    Baruch, Baruch & Goldberg, "A Little Is Enough: Circumventing Defenses For Distributed
+    Learning", NeurIPS 2019. With ``mu_j`` and ``sigma_j`` the mean and (unbiased) standard
+    deviation of coordinate j over the h honest vectors, every Byzantine vector is
+    ``mu - z * sigma``. The paper sets each coordinate inside the undetected range
+    ``(mu_j - z sigma_j, mu_j + z sigma_j)``; the sign is a convention (we take ``-``, as the
+    bucketing paper's experiments). ``z=None`` uses the paper's ``z_max(n, f)`` with
+    ``n = h + f`` workers in total (see ``alie_z_max``). ``anchor = mu``,
+    ``direction = -sigma``, ``scale = z``.
+    """
+
+    name = "alie"
+
+    def __init__(self, z: float | None = None) -> None:
+        if z is not None:
+            z = check_real(type(self).__name__, "z", z, low=0.0)
+        self.z = z
+
+    def line(self, honest: torch.Tensor, f: int) -> tuple[torch.Tensor, torch.Tensor]:
+        correction = 1 if honest.shape[0] > 1 else 0
+        std, mean = torch.std_mean(honest, dim=0, correction=correction)
+        return mean, -std
+
+    def default_scale(self, n: int, f: int) -> float:
+        return self.z if self.z is not None else alie_z_max(n, f)

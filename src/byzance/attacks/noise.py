@@ -1,0 +1,33 @@
+"""Gaussian noise: Byzantine vectors drawn at random, independent of the honest ones."""
+
+from __future__ import annotations
+
+import torch
+
+from byzance.attacks.base import Attack, check_int, check_real
+
+
+class Gaussian(Attack):
+    """Every Byzantine vector is drawn i.i.d. from ``N(mu, sigma^2 I_d)``.
+
+    The random stream is seeded once (``seed``) and advances across rounds, so a run is
+    reproducible; ``reset()`` restarts it. Draws are made in float64 on the CPU and cast to
+    honest's dtype and device, so results do not depend on the device.
+    """
+
+    name = "gaussian"
+
+    def __init__(self, mu: float = 0.0, sigma: float = 200.0, seed: int = 0) -> None:
+        who = type(self).__name__
+        self.mu = check_real(who, "mu", mu)
+        self.sigma = check_real(who, "sigma", sigma, low=0.0)
+        self.seed = check_int(who, "seed", seed, low=0)
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+    def reset(self) -> None:
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+    def forge(self, honest: torch.Tensor, f: int) -> torch.Tensor:
+        noise = torch.randn(f, honest.shape[1], generator=self._generator, dtype=torch.float64)
+        out = self.mu + self.sigma * noise
+        return out.to(dtype=honest.dtype, device=honest.device)

@@ -1,0 +1,483 @@
+"""Attacks: formulas on hand values, adaptive attacks vs their base, API contracts, data attacks."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from byzance import aggregators as agg
+from byzance import attacks as atk
+
+HONEST = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+
+
+def cloud(h: int = 23, d: int = 40, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    """Honest gradients: a common mean of norm 1 plus per-worker Gaussian noise."""
+    gen = torch.Generator().manual_seed(seed)
+    mu = torch.randn(d, generator=gen, dtype=dtype)
+    mu = mu / mu.norm()
+    return mu + 0.5 * torch.randn(h, d, generator=gen, dtype=dtype) / math.sqrt(d) * 3
+
+
+def damage(rule, honest: torch.Tensor, byz: torch.Tensor) -> float:
+    out = rule.aggregate(torch.cat([honest, byz]))
+    return float((out - honest.mean(0)).norm())
+
+
+def make_rule(spec: str, f: int):
+    try:
+        rule = agg.create(spec, f=f)
+        rule.aggregate(cloud(10, 4))
+    except NotImplementedError:
+        pytest.skip(f"{spec} not implemented yet")
+    return rule
+
+
+# --- formulas on hand values -------------------------------------------------------------
+
+
+def test_sign_flipping_is_minus_mean():
+    out = atk.SignFlipping()(HONEST, 3)
+    assert torch.equal(out, torch.tensor([[-2.0, -3.0]] * 3))
+
+
+def test_ipm_is_minus_epsilon_mean():
+    out = atk.InnerProductManipulation(epsilon=0.5)(HONEST, 2)
+    assert torch.allclose(out, torch.tensor([[-1.0, -1.5]] * 2))
+    assert torch.allclose(atk.create("ipm")(HONEST, 1), torch.tensor([[-0.2, -0.3]]))
+
+
+def test_alie_is_mean_minus_z_std():
+    honest = torch.tensor([[0.0, 0.0], [2.0, 4.0]])  # mean (1, 2), unbiased std (sqrt2, 2sqrt2)
+    out = atk.ALittleIsEnough(z=1.0)(honest, 2)
+    expected = torch.tensor([1 - math.sqrt(2), 2 - 2 * math.sqrt(2)])
+    assert torch.allclose(out, expected.expand(2, 2))
+
+
+@pytest.mark.parametrize(
+    ("n", "f", "z"),
+    [(50, 12, 0.5828), (30, 7, 0.5244), (25, 5, 0.4677), (50, 24, 1.7507), (11, 1, 0.1142)],
+)
+def test_alie_z_max_matches_paper_formula(n, f, z):
+    # s = floor(n/2 + 1) - f; z = Phi^-1((n - s) / n); e.g. n=50, f=24 -> s=2, Phi^-1(0.96)
+    s = math.floor(n / 2 + 1) - f
+    assert atk.alie_z_max(n, f) == pytest.approx(NormalDist().inv_cdf((n - s) / n))
+    assert atk.alie_z_max(n, f) == pytest.approx(z, abs=1e-4)
+
+
+def test_alie_default_z_uses_total_n():
+    honest = cloud(23, 5)
+    out = atk.ALittleIsEnough()(honest, 7)
+    z = atk.alie_z_max(30, 7)
+    std, mean = torch.std_mean(honest, dim=0)
+    assert torch.allclose(out, (mean - z * std).expand(7, -1))
+
+
+def test_alie_z_max_rejects_byzantine_majority():
+    with pytest.raises(ValueError, match="ALittleIsEnough.*f <= floor"):
+        atk.alie_z_max(10, 6)
+    with pytest.raises(ValueError, match="pass z explicitly"):
+        atk.ALittleIsEnough()(cloud(3, 4), 5)
+
+
+def test_gaussian_reproducible_and_distribution():
+    a = atk.Gaussian(mu=1.0, sigma=2.0, seed=3)
+    first = a(torch.zeros(4, 50), 200)
+    second = a(torch.zeros(4, 50), 200)
+    assert not torch.equal(first, second)  # the stream advances across rounds
+    a.reset()
+    assert torch.equal(a(torch.zeros(4, 50), 200), first)
+    assert float(first.mean()) == pytest.approx(1.0, abs=0.05)
+    assert float(first.std()) == pytest.approx(2.0, rel=0.03)
+    assert a(torch.zeros(2, 3, dtype=torch.float64), 1).dtype == torch.float64
+
+
+def test_inf_and_nan():
+    assert torch.isposinf(atk.Inf()(HONEST, 2)).all()
+    assert torch.isnan(atk.NaN()(HONEST, 2)).all()
+
+
+def test_large_norm():
+    out = atk.LargeNorm(scale=10.0)(HONEST, 2)
+    mean = HONEST.mean(0)
+    assert torch.allclose(out, (-10.0 * mean / mean.norm()).expand(2, -1))
+    zero = atk.LargeNorm(scale=4.0)(
+        torch.tensor([[1.0, -1.0, 2.0, 0.0], [-1.0, 1.0, -2.0, 0.0]]), 1
+    )
+    assert torch.allclose(zero, torch.full((1, 4), -2.0))
+
+
+# --- Mimic ---------------------------------------------------------------------------------
+
+
+def mimic_round(a: torch.Tensor, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    v = torch.zeros(30)
+    v[0] = 1.0
+    base = torch.randn(30, generator=gen)
+    return base + a[:, None] * v + 0.01 * torch.randn(len(a), 30, generator=gen)
+
+
+def test_mimic_copies_worker_most_deviating_along_top_direction():
+    honest = mimic_round(torch.tensor([-1.0, 0.5, 3.0, -2.0, 0.0]), 0)
+    mimic = atk.Mimic(warmup=1)
+    out = mimic(honest, 3)
+    assert torch.equal(out, honest[2].expand(3, -1))
+    assert mimic.target == 2
+
+
+def test_mimic_target_frozen_after_warmup_and_reset():
+    mimic = atk.Mimic(warmup=2)
+    a = torch.tensor([-1.0, 0.5, 3.0, -2.0, 0.0])
+    r1, r2 = mimic_round(a, 1), mimic_round(a, 2)
+    assert torch.equal(mimic(r1, 1)[0], r1[2])
+    assert mimic.target is None
+    assert torch.equal(mimic(r2, 1)[0], r2[2])
+    assert mimic.target == 2
+    r3 = mimic_round(torch.tensor([0.0, 4.0, 0.1, -0.2, 0.0]), 3)  # worker 1 now deviates most
+    assert torch.equal(mimic(r3, 2), r3[2].expand(2, -1))  # but the target stays 2
+    mimic.reset()
+    assert mimic.target is None
+    assert torch.equal(mimic(r3, 1)[0], r3[1])
+
+
+# --- adaptive attacks ----------------------------------------------------------------------
+
+RULES = ["average", "median", "trimmed_mean", "krum", "nnm+trimmed_mean", "geometric_median"]
+
+
+@pytest.mark.parametrize("spec", RULES)
+@pytest.mark.parametrize(
+    ("adaptive", "base"),
+    [("optimal_alie", atk.ALittleIsEnough()), ("optimal_ipm", atk.InnerProductManipulation())],
+)
+def test_optimal_does_at_least_as_much_damage_as_base(spec, adaptive, base):
+    f = 3
+    rule = make_rule(spec, f)
+    honest = cloud(9, 30)
+    attack = atk.create(adaptive, aggregator=rule)
+    assert damage(rule, honest, attack(honest, f)) >= damage(rule, honest, base(honest, f)) - 1e-9
+    assert attack.last_scale is not None and attack.last_scale >= 0
+
+
+def test_optimal_finds_a_larger_alie_scale_against_median():
+    f, rule = 3, agg.create("median", f=3)
+    honest = cloud(9, 30)
+    attack = atk.Optimal(base="alie", aggregator=rule)
+    gain = damage(rule, honest, attack(honest, f))
+    assert gain > 1.3 * damage(rule, honest, atk.ALittleIsEnough()(honest, f))
+    assert attack.last_scale > atk.alie_z_max(12, 3)
+
+
+def test_optimal_against_average_grows_to_the_largest_scale():
+    honest = cloud(9, 8)
+    attack = atk.Optimal(base=atk.InnerProductManipulation(), aggregator=agg.Average())
+    attack(honest, 2)
+    assert attack.last_scale == pytest.approx(0.1 * 1024)
+
+
+def test_line_search_finds_interior_maximum():
+    from byzance.attacks.optimal import line_search
+
+    calls = []
+
+    def fn(s: float) -> float:
+        calls.append(s)
+        return -((math.log(s) - math.log(3.3)) ** 2)
+
+    grid = [2.0**k for k in range(-3, 6)]
+    s, _ = line_search(fn, grid, refine=12)
+    assert s == pytest.approx(3.3, rel=0.02)
+    assert len(calls) <= len(grid) + 12
+
+
+def test_hidden_vulnerability_default_shifts_one_coordinate_by_the_spread():
+    honest = cloud(9, 40)
+    out = atk.HiddenVulnerability()(honest, 2)
+    mean = honest.mean(0)
+    diff = out[0] - mean
+    j = int(mean.abs().argmax())
+    spread = float((honest - mean).square().sum(1).mean().sqrt())
+    assert torch.count_nonzero(diff) == 1
+    assert float(diff[j]) == pytest.approx(-math.copysign(spread, float(mean[j])))
+    assert torch.equal(out[0], out[1])
+
+
+def test_hidden_vulnerability_selected_by_krum_with_a_large_coordinate_shift():
+    f, honest = 2, cloud(9, 200)
+    krum = agg.create("krum", f=f)
+    attack = atk.HiddenVulnerability(aggregator=krum)
+    byz = attack(honest, f)
+    out = krum.aggregate(torch.cat([honest, byz]))
+    assert torch.allclose(out, byz[0])  # still selected
+    assert attack.last_scale >= 1.0
+    j = int(honest.mean(0).abs().argmax())
+    honest_std = float(honest[:, j].std())
+    assert abs(float(out[j] - honest.mean(0)[j])) > 5 * honest_std
+    default = atk.HiddenVulnerability()(honest, f)
+    assert damage(krum, honest, byz) >= damage(krum, honest, default) - 1e-9
+
+
+def test_hidden_vulnerability_three_coordinates():
+    honest = cloud(6, 20)
+    out = atk.HiddenVulnerability(coordinates=3, scale=2.0)(honest, 1)
+    diff = out[0] - honest.mean(0)
+    spread = float((honest - honest.mean(0)).square().sum(1).mean().sqrt())
+    assert torch.count_nonzero(diff) == 3
+    assert float(diff.norm()) == pytest.approx(2.0 * spread)
+
+
+# --- API contracts -------------------------------------------------------------------------
+
+
+def all_gradient_attacks() -> list[atk.Attack]:
+    rule = agg.create("median", f=2)
+    return [
+        atk.create(name, aggregator=rule)
+        for name, cls in atk.REGISTRY.items()
+        if issubclass(cls, atk.Attack)
+    ]
+
+
+@pytest.mark.parametrize("attack", all_gradient_attacks(), ids=repr)
+def test_never_modifies_honest_and_keeps_dtype(attack):
+    for dtype in (torch.float32, torch.float64):
+        honest = cloud(7, 12, dtype=dtype)
+        keep = honest.clone()
+        out = attack(honest, 2)
+        assert torch.equal(honest, keep)
+        assert out.shape == (2, 12) and out.dtype == dtype and out.device == honest.device
+
+
+@pytest.mark.parametrize("attack", all_gradient_attacks(), ids=repr)
+def test_numpy_in_numpy_out(attack):
+    honest = cloud(7, 5).numpy()
+    keep = honest.copy()
+    out = attack(honest, 3)
+    assert isinstance(out, np.ndarray) and out.shape == (3, 5) and out.dtype == np.float64
+    assert np.array_equal(honest, keep)
+    out_list = attack(list(torch.from_numpy(honest)), 1)
+    assert isinstance(out_list, torch.Tensor) and out_list.shape == (1, 5)
+
+
+@given(
+    h=st.integers(2, 8),
+    d=st.integers(1, 6),
+    f=st.integers(1, 4),
+    seed=st.integers(0, 10_000),
+    z=st.floats(0.0, 5.0),
+)
+def test_alie_coordinates_within_z_std_of_mean(h, d, f, seed, z):
+    honest = torch.randn(h, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    out = atk.ALittleIsEnough(z=z)(honest, f)
+    std, mean = torch.std_mean(honest, dim=0)
+    assert out.shape == (f, d)
+    assert torch.all((out - mean).abs() <= z * std + 1e-12)
+
+
+@pytest.mark.parametrize("f", [0, -1])
+def test_rejects_bad_f(f):
+    with pytest.raises(ValueError, match=r"SignFlipping requires f >= 1.*f=" + str(f)):
+        atk.SignFlipping()(HONEST, f)
+    with pytest.raises(TypeError, match="f must be an int"):
+        atk.SignFlipping()(HONEST, 1.5)
+
+
+def test_rejects_empty_input():
+    with pytest.raises(ValueError, match="ALittleIsEnough: got empty input"):
+        atk.ALittleIsEnough()(torch.zeros(0, 3), 1)
+
+
+@pytest.mark.parametrize(
+    ("build", "pattern"),
+    [
+        (lambda: atk.InnerProductManipulation(epsilon=-0.1), r"epsilon > 0.0.*epsilon=-0.1"),
+        (lambda: atk.InnerProductManipulation(epsilon=0), r"epsilon > 0.0"),
+        (lambda: atk.ALittleIsEnough(z=-1), r"z >= 0.0.*z=-1"),
+        (lambda: atk.Gaussian(sigma=-1), r"Gaussian requires sigma >= 0.0"),
+        (lambda: atk.LargeNorm(scale=-5), r"LargeNorm requires scale >= 0.0"),
+        (lambda: atk.LargeNorm(scale=math.inf), r"finite scale"),
+        (lambda: atk.HiddenVulnerability(scale=-1.0), r"scale >= 0.0"),
+        (lambda: atk.HiddenVulnerability(coordinates=0), r"coordinates >= 1"),
+        (lambda: atk.Mimic(warmup=0), r"warmup >= 1"),
+        (lambda: atk.Optimal(base="alie"), r"Optimal is adaptive and needs the deployed"),
+        (lambda: atk.OptimalALIE(), r"OptimalALIE is adaptive"),
+        (lambda: atk.Optimal("gaussian", aggregator=agg.Average()), r"anchor \+ scale"),
+        (lambda: atk.Optimal("alie", aggregator=agg.Average(), low=0), r"low > 0.0"),
+        (lambda: atk.LabelFlipping(mode="random"), r"mode must be one of"),
+        (lambda: atk.BudgetedLabelFlipping(budget=1.5), r"budget in \[0, 1\].*budget=1.5"),
+        (lambda: atk.BudgetedLabelFlipping(budget=-2), r"budget >= 0"),
+    ],
+)
+def test_rejects_bad_parameters(build, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        build()
+
+
+def test_hidden_vulnerability_rejects_too_many_coordinates():
+    with pytest.raises(ValueError, match="coordinates <= d.*coordinates=5, d=2"):
+        atk.HiddenVulnerability(coordinates=5)(HONEST, 1)
+
+
+def test_registry_round_trips_every_name():
+    rule = agg.create("median", f=1)
+    for name, cls in atk.REGISTRY.items():
+        built = atk.create(name, aggregator=rule)
+        assert type(built) is cls
+        assert atk.REGISTRY[cls.name] is cls
+        assert atk.create(name.upper().replace("_", "-"), aggregator=rule).name == cls.name
+
+
+def test_create_parameters_aliases_and_errors():
+    rule = agg.create("krum", f=1)
+    ipm = atk.create("ipm(epsilon=0.5)")
+    assert isinstance(ipm, atk.InnerProductManipulation) and ipm.epsilon == 0.5
+    assert atk.create("alie", z=2.0).z == 2.0
+    opt = atk.create("optimal(base='ipm')", aggregator=rule)
+    assert isinstance(opt.base, atk.InnerProductManipulation) and opt.aggregator is rule
+    alias = atk.create("optimal_alie", aggregator=rule)
+    assert isinstance(alias, atk.Optimal) and isinstance(alias.base, atk.ALittleIsEnough)
+    assert isinstance(atk.create("optimal_ipm", aggregator=rule).base, atk.InnerProductManipulation)
+    assert atk.create("hidden_vulnerability", aggregator=rule).aggregator is rule
+    assert atk.create("sign_flipping", aggregator=rule).name == "sign_flipping"
+    with pytest.raises(ValueError, match="unknown attack 'foo'; known: .*alie"):
+        atk.create("foo")
+    with pytest.raises(ValueError, match="handled by the simulator"):
+        atk.create("none")
+    with pytest.raises(ValueError, match=r"has no parameter \['sigma'\]"):
+        atk.create("alie", sigma=1.0)
+    with pytest.raises(ValueError, match=r"has no parameter \['bogus'\]"):
+        atk.create("ipm(bogus=1)")
+
+
+# --- data attacks --------------------------------------------------------------------------
+
+
+def test_label_flipping_reverse():
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 9, 4])
+    keep = y.clone()
+    x2, y2 = atk.LabelFlipping().poison(x, y, 10)
+    assert x2 is x and torch.equal(y, keep)
+    assert torch.equal(y2, torch.tensor([9, 8, 7, 0, 5]))
+
+
+def test_label_flipping_permutation_is_a_fixed_derangement():
+    flip = atk.LabelFlipping(mode="permutation", seed=1)
+    table = flip.mapping(10)
+    assert sorted(table.tolist()) == list(range(10))
+    assert torch.all(table != torch.arange(10))
+    # a single 10-cycle
+    seen, k = set(), 0
+    for _ in range(10):
+        seen.add(k)
+        k = int(table[k])
+    assert len(seen) == 10 and k == 0
+    y = torch.arange(10).repeat(3)
+    _, y2 = flip.poison(torch.zeros(30, 2), y, 10)
+    assert torch.equal(y2, table[y])
+    assert torch.equal(flip.poison(torch.zeros(30, 2), y, 10)[1], y2)
+    other = atk.LabelFlipping(mode="permutation", seed=2).mapping(10)
+    assert not torch.equal(other, table)
+
+
+def test_data_attack_checks_labels():
+    with pytest.raises(ValueError, match=r"labels in \[0, num_classes\).*num_classes=3"):
+        atk.LabelFlipping().poison(torch.zeros(2, 1), torch.tensor([0, 3]), 3)
+    with pytest.raises(ValueError, match="num_classes >= 2"):
+        atk.LabelFlipping().poison(torch.zeros(2, 1), torch.tensor([0, 0]), 1)
+
+
+def softmax_problem(n=40, p=5, c=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, p, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, c, (n,), generator=gen)
+    w = torch.randn(c, p, generator=gen, dtype=torch.float64)
+    b = torch.randn(c, generator=gen, dtype=torch.float64)
+    return x, y, w, b
+
+
+def grad(x, y, w, b):
+    """Gradient of the mean cross-entropy of softmax regression, flattened (W then b)."""
+    w = w.clone().requires_grad_(True)
+    b = b.clone().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(x.reshape(len(x), -1) @ w.T + b, y)
+    gw, gb = torch.autograd.grad(loss, (w, b))
+    return torch.cat([gw.flatten(), gb])
+
+
+def test_budgeted_label_flipping_respects_budget_and_beats_random_flips():
+    x, y, w, b = softmax_problem()
+    keep = y.clone()
+    attack = atk.BudgetedLabelFlipping(budget=6)
+    x2, y2 = attack.poison(x, y, 4, model_params=(w, b))
+    assert x2 is x and torch.equal(y, keep)
+    flipped = int((y2 != y).sum())
+    assert 1 <= flipped <= 6
+    honest = grad(x, y, w, b)
+    attacked = float(honest @ grad(x, y2, w, b))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        rand = y.clone()
+        idx = torch.randperm(len(y), generator=gen)[:flipped]
+        rand[idx] = (y[idx] + torch.randint(1, 4, (flipped,), generator=gen)) % 4
+        assert attacked < float(honest @ grad(x, rand, w, b))
+    assert attacked < float(honest @ honest)
+
+
+def test_budgeted_label_flipping_is_optimal_by_brute_force():
+    x, y, w, b = softmax_problem(n=5, p=3, c=3, seed=4)
+    honest = grad(x, y, w, b)
+    _, y2 = atk.BudgetedLabelFlipping(budget=2).poison(x, y, 3, model_params=(w, b))
+    got = float(honest @ grad(x, y2, w, b))
+    best = math.inf
+    for labels in itertools.product(range(3), repeat=5):
+        cand = torch.tensor(labels)
+        if int((cand != y).sum()) <= 2:
+            best = min(best, float(honest @ grad(x, cand, w, b)))
+    assert got == pytest.approx(best, abs=1e-10)
+
+
+def test_budgeted_label_flipping_fraction_module_and_errors():
+    x, y, w, b = softmax_problem(n=40, p=6)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 4)).double()
+    x_img = x.reshape(40, 1, 2, 3)
+    attack = atk.create("budgeted_label_flipping", budget=0.1)
+    _, y2 = attack.poison(x_img, y, 4, model_params=model)
+    assert 0 < int((y2 != y).sum()) <= 4
+    _, y3 = attack.poison(x_img, y, 4, model_params=(model[1].weight, model[1].bias))
+    assert torch.equal(y2, y3)
+    assert torch.equal(
+        atk.BudgetedLabelFlipping(budget=0).poison(x, y, 4, model_params=(w, b))[1], y
+    )
+    with pytest.raises(ValueError, match="requires model_params"):
+        attack.poison(x, y, 4)
+    with pytest.raises(ValueError, match=r"W of shape \(num_classes, p\)=\(4, 6\)"):
+        attack.poison(x, y, 4, model_params=(w[:, :5], b))
+
+
+def test_adaptive_attacks_replay_the_randomness_of_bucketing():
+    f, honest = 2, cloud(10, 20)
+    rule = agg.create("bucketing(s=2)+median", f=f)
+    gen = rule.pre[0]._generator
+    state = gen.get_state()
+    byz = atk.OptimalALIE(aggregator=rule)(honest, f)
+    atk.HiddenVulnerability(aggregator=rule)(honest, f)
+    assert torch.equal(gen.get_state(), state)  # the run's random stream is untouched
+    opt = damage(rule, honest, byz)
+    gen.set_state(state)
+    assert opt >= damage(rule, honest, atk.ALittleIsEnough()(honest, f)) - 1e-9
+
+
+def test_adaptive_attacks_check_the_aggregator_condition():
+    krum = agg.create("krum", f=3)  # needs n >= 2f + 3 = 9
+    with pytest.raises(ValueError, match="Krum requires"):
+        atk.OptimalIPM(aggregator=krum)(cloud(4, 5), 3)
+    with pytest.raises(ValueError, match="Krum requires"):
+        atk.HiddenVulnerability(aggregator=krum)(cloud(4, 5), 3)
