@@ -1,0 +1,290 @@
+"""The ``byzance`` command line: help, run, bench (invalid/resume/parallel), report, errors."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from byzance.cli import QUICKSTART_TOML, main
+from byzance.grid import tomllib
+from byzance.results import open_db
+from byzance.sim import ExperimentConfig
+
+TINY = ["--rounds", "2", "--eval-every", "1", "--batch-size", "8", "--quiet"]
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_reads_like_the_readme(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("run", "bench", "report", "examples:", "byzance bench examples/grid.toml"):
+        assert word in out
+    for command in ("run", "bench", "report"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "usage: byzance " + command in capsys.readouterr().out
+    assert run_cli(capsys)[0] == 0  # no command: help
+
+
+def test_console_script_entry_point() -> None:
+    exe = shutil.which("byzance")
+    cmd = [exe] if exe else [sys.executable, "-m", "byzance.cli"]
+    proc = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("byzance ")
+
+
+def test_quickstart_config_is_valid_and_fast() -> None:
+    data = tomllib.loads(QUICKSTART_TOML)
+    rules = data.pop("aggregator")
+    assert rules[0] == "average" and len(rules) == 2
+    for rule in rules:
+        cfg = ExperimentConfig.from_dict({**data, "aggregator": rule})
+        cfg.validate()
+        assert cfg.dataset == "digits" and cfg.has_attack and cfg.rounds <= 100
+
+
+def test_run_tiny_with_db(capsys, tmp_path) -> None:
+    db = tmp_path / "r.db"
+    code, out, err = run_cli(capsys, "run", *TINY, "--db", str(db))
+    assert code == 0, err
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("rule"))
+    assert "test accuracy" in lines[header] and "no-attack reference" in lines[header]
+    rows = lines[header + 2 : header + 4]
+    assert rows[0].split()[:2] == ["average", "ipm(epsilon=4)"]
+    assert rows[1].split()[0] == "nnm+trimmed_mean"
+    for row in rows:
+        acc, ref = float(row.split()[2]), float(row.split()[3])
+        assert 0 <= acc <= 1 and 0 <= ref <= 1
+    with open_db(db) as conn:
+        runs = conn.load_runs("finished")
+        assert len(runs) == 4  # 2 rules x (attacked, reference)
+        assert sorted(r["config"]["attack"] for r in runs) == ["ipm", "ipm", "none", "none"]
+        assert all(r["config"]["rounds"] == 2 for r in runs)
+        assert all(len(v) == 2 for v in conn.load_metrics().values())
+    # same command again: re-runs and replaces (no duplicate rows)
+    assert run_cli(capsys, "run", *TINY, "--db", str(db), "--no-reference")[0] == 0
+    with open_db(db) as conn:
+        assert len(conn.load_runs()) == 4
+
+
+def test_run_config_file_and_flag_override(capsys, tmp_path) -> None:
+    path = tmp_path / "exp.toml"
+    path.write_text(
+        'dataset = "digits"\nn_honest = 5\nf = 1\naggregator = "median"\n'
+        'attack = "sign_flipping"\nrounds = 50\n'
+    )
+    code, out, err = run_cli(capsys, "run", str(path), *TINY, "--seed", "3", "--show-config")
+    assert code == 0, err
+    shown = tomllib.loads(out)
+    assert shown["rounds"] == 2 and shown["seed"] == 3 and shown["aggregator"] == "median"
+    assert shown["n_honest"] == 5
+    # the quickstart's attack parameters (IPM epsilon) do not carry over to another attack
+    code, out, _ = run_cli(capsys, "run", "--attack", "sign_flipping", "--show-config")
+    assert code == 0 and "attack_params" not in tomllib.loads(out)
+    code, out, _ = run_cli(capsys, "run", "--show-config", "--set", "attack_params={epsilon=0.5}")
+    assert tomllib.loads(out)["attack_params"] == {"epsilon": 0.5}
+    code, out, err = run_cli(capsys, "run", str(path), *TINY, "--no-reference")
+    assert code == 0, err
+    assert "median" in out and "sign_flipping" in out and "5 honest + 1 Byzantine" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["run", "--set", "lrr=0.1"], "lrr"),
+        (["run", "--heterogeneity", "weird"], "heterogeneity"),
+        (["run", "--rounds", "0"], "rounds"),
+        (
+            ["run", "--aggregator", "krum", "--f", "3", "--n-honest", "5"],
+            "Krum requires n >= 2f + 3",
+        ),
+        (["run", "--aggregator", "nope"], "unknown aggregator"),
+        (["run", "--set", "oops"], "FIELD=VALUE"),
+        (["run", "missing.toml"], "not found"),
+        (["run", "--q", "3"], "only apply to --engine ray"),
+        (["bench", "missing.toml"], "not found"),
+        (["report", "missing.db"], "not found"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(capsys, argv, needle) -> None:
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert err.startswith("byzance: error: ") and needle in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_ray_engine_missing_is_a_clear_error(capsys) -> None:
+    pytest.importorskip("torch")
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        code, _, err = run_cli(capsys, "run", "--engine", "ray", *TINY)
+        assert code == 2 and "pip install 'byzance[ray]'" in err
+    else:
+        pytest.skip("ray is installed")
+
+
+def test_grid_file_given_to_run(capsys, tmp_path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text("[sweep]\nf = [1]\n")
+    code, _, err = run_cli(capsys, "run", str(path))
+    assert code == 2 and "byzance bench" in err
+
+
+GRID = """
+name = "tiny"
+[base]
+dataset = "digits"
+model = "logreg"
+n_honest = 6
+rounds = 2
+eval_every = 1
+batch_size = 8
+val_fraction = 0.1
+[sweep]
+aggregator = ["average", "krum"]
+attack = ["none", "sign_flipping"]
+f = [1, 2]
+lr = [0.05, 0.2]
+"""
+
+
+def test_bench_invalid_resume_report(capsys, tmp_path) -> None:
+    grid, db = tmp_path / "grid.toml", tmp_path / "r.db"
+    grid.write_text(GRID)
+    # krum with f=2 needs n >= 7: 6 honest + 2 Byzantine is fine, attack-free 6 is not
+    code, out, err = run_cli(capsys, "bench", str(grid), "--db", str(db))
+    assert code == 2
+    assert "2 of 16 configs" in err and "--skip-invalid" in err
+    assert "grid entry #10 (aggregator='krum', attack='none', f=2, lr=0.05)" in err
+    assert not db.exists()  # nothing ran
+    code, out, err = run_cli(
+        capsys, "bench", str(grid), "--db", str(db), "--skip-invalid", "--dry-run"
+    )
+    assert code == 0 and "14 to run" in out and not db.exists()
+    code, out, err = run_cli(
+        capsys,
+        "bench",
+        str(grid),
+        "--db",
+        str(db),
+        "--skip-invalid",
+        "--jobs",
+        "1",
+        "--set",
+        "rounds=1",
+    )
+    assert code == 0, err
+    assert "skipping 2 invalid" in out and "14 finished now" in out
+    assert "14/14 runs" in err  # progress bar (non-tty: one line per run)
+    # resume: all finished, nothing re-run
+    code, out, err = run_cli(
+        capsys,
+        "bench",
+        str(grid),
+        "--db",
+        str(db),
+        "--skip-invalid",
+        "--set",
+        "rounds=1",
+        "--quiet",
+    )
+    assert code == 0 and "14 already finished, 0 finished now" in out
+    with open_db(db) as conn:
+        runs = conn.load_runs("finished")
+        assert len(runs) == 14 and all(r["config"]["rounds"] == 1 for r in runs)
+    out_dir = tmp_path / "rep"
+    code, out, err = run_cli(capsys, "report", str(db), "--out", str(out_dir))
+    assert code == 0, err
+    assert "warning" not in out  # validation split present: selection on validation accuracy
+    md = (out_dir / "summary.md").read_text()
+    assert "## f=1, heterogeneity=iid" in md and "| krum | lr=" in md
+    pngs = sorted(p.name for p in out_dir.glob("*.png"))
+    assert "heatmap.png" in pngs and "curves_f-1_heterogeneity-iid.png" in pngs
+    assert (out_dir / "summary.csv").read_text().count("\n") == 1 + 14
+
+
+def test_ray_engine_wiring(capsys, tmp_path, monkeypatch) -> None:
+    """--engine ray passes --address/--q/--round-timeout as RayOptions and the DB path on."""
+    import types
+    from dataclasses import dataclass
+
+    import byzance.grid as grid_mod
+
+    @dataclass
+    class RayOptions:
+        address: str | None = None
+        quorum: int | None = None
+        round_timeout: float = 60.0
+
+    calls = []
+
+    def run_experiment_ray(
+        config, *, address=None, options=None, on_metrics=None, db=None, progress=False
+    ):
+        # like the real engine: records the run itself, keyed by config + quorum
+        calls.append((config, address, options, db))
+        with open_db(db) as conn:
+            rid = conn.start_run(
+                config.to_dict(),
+                "ray",
+                overwrite=True,
+                run_id_=grid_mod.run_key(config.to_dict(), "ray", {"q": options.quorum}),
+            )
+            conn.record_metrics(rid, {"round": 1, "test_accuracy": 0.5, "missing_workers": [2]})
+            conn.finish_run(rid, 0.75, 0.1)
+        return types.SimpleNamespace(final_accuracy=0.75, seconds=0.1)
+
+    fake = types.SimpleNamespace(RayOptions=RayOptions, run_experiment_ray=run_experiment_ray)
+    monkeypatch.setattr(grid_mod, "load_ray_engine", lambda: fake)
+    db = tmp_path / "r.db"
+    argv = [
+        "run",
+        *TINY,
+        "--aggregator",
+        "median",
+        "--no-reference",
+        "--engine",
+        "ray",
+        "--address",
+        "auto",
+        "--q",
+        "11",
+        "--round-timeout",
+        "2.5",
+        "--db",
+        str(db),
+    ]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    assert "engine ray" in out and "0.750" in out
+    ((config, address, options, db_arg),) = calls
+    assert address == "auto" and options == RayOptions("auto", 11, 2.5) and db_arg == str(db)
+    assert config.aggregator == "median" and config.rounds == 2
+    with open_db(db) as conn:
+        (run,) = conn.load_runs("finished")
+        assert run["engine"] == "ray"
+        assert conn.load_metrics()[run["run_id"]][0]["missing_workers"] == [2]
+    # a bench over the same config with the same quorum finds it finished (same id)
+    grid = tmp_path / "g.toml"
+    grid.write_text(
+        '[base]\ndataset = "digits"\nrounds = 2\neval_every = 1\nbatch_size = 8\n'
+        'attack = "ipm"\nattack_params = {epsilon = 4.0}\nf = 3\n'
+        '[sweep]\naggregator = ["median"]\n'
+    )
+    code, out, err = run_cli(
+        capsys, "bench", str(grid), "--db", str(db), "--engine", "ray", "--q", "11", "--quiet"
+    )
+    assert code == 0, err
+    assert "1 already finished, 0 finished now" in out and len(calls) == 1
