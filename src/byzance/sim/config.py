@@ -1,0 +1,289 @@
+"""``ExperimentConfig``: every setting of one simulated run, checkable before anything runs.
+
+A config is a flat dataclass whose defaults are the quickstart (logistic regression on the
+sklearn digits, 10 honest workers, f=2, NNM + trimmed mean under ALIE). ``from_dict`` and
+``from_toml`` reject unknown fields and bad values with a ``ValueError`` naming the field and
+what is allowed; ``validate()`` additionally builds the aggregation pipeline and the attack and
+checks the rule's condition on the number of vectors the server receives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HETEROGENEITY = ("iid", "dirichlet", "gamma", "extreme")
+LR_SCHEDULES = ("constant", "step", "cosine", "inverse_sqrt")
+NO_ATTACK = "none"
+
+# field -> (kind, constraint text, predicate); kinds: int, float, str, dict, str|None
+_NUMERIC: dict[str, tuple[type, str, Any]] = {
+    "n_honest": (int, ">= 1", lambda v: v >= 1),
+    "f": (int, ">= 0", lambda v: v >= 0),
+    "alpha": (float, "> 0", lambda v: v > 0),
+    "gamma": (float, "in [0, 1]", lambda v: 0 <= v <= 1),
+    "batch_size": (int, ">= 1", lambda v: v >= 1),
+    "momentum": (float, "in [0, 1)", lambda v: 0 <= v < 1),
+    "lr": (float, "> 0", lambda v: v > 0),
+    "weight_decay": (float, ">= 0", lambda v: v >= 0),
+    "rounds": (int, ">= 1", lambda v: v >= 1),
+    "local_steps": (int, ">= 1", lambda v: v >= 1),
+    "eval_every": (int, ">= 1", lambda v: v >= 1),
+    "eval_batch_size": (int, ">= 1", lambda v: v >= 1),
+    "seed": (int, ">= 0", lambda v: v >= 0),
+    "val_fraction": (float, "in [0, 1)", lambda v: 0 <= v < 1),
+    "server_momentum": (float, "in [0, 1)", lambda v: 0 <= v < 1),
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "heterogeneity": HETEROGENEITY,
+    "lr_schedule": LR_SCHEDULES,
+}
+
+
+def _attack_name(spec: str) -> str:
+    return spec.split("(", 1)[0].strip().lower().replace("-", "_")
+
+
+@dataclass
+class ExperimentConfig:
+    """One simulated run of robust distributed SGD (see ``byzance.sim.run_experiment``).
+
+    Data: ``dataset`` (``digits``, ``synthetic``, ``mnist``, ``fashion-mnist``, ``cifar10``) from
+    ``data_dir``, split over ``n_honest + f`` workers by ``heterogeneity`` (``iid``;
+    ``dirichlet`` with concentration ``alpha``; ``gamma``: a ``gamma`` fraction iid, the rest
+    sorted by label; ``extreme``: sorted by label). Workers ``0..n_honest-1`` are honest, the
+    last ``f`` Byzantine (their shards are used only by data-poisoning attacks; with
+    ``attack="none"`` they are absent). ``val_fraction`` of the training set is held out first
+    as a validation set.
+
+    Training: ``rounds`` rounds; each worker samples ``batch_size`` examples with replacement
+    from its shard, computes a gradient (or, if ``local_steps`` = K > 1, runs K local SGD steps
+    and sends the pseudo-gradient ``(w - w_local) / lr``) and sends its worker-side momentum
+    ``m <- momentum * m + (1 - momentum) * g``. The server aggregates with ``aggregator``
+    (``aggregators.create(aggregator, f=f, **aggregator_params)``), adds ``weight_decay * w``,
+    applies ``server_momentum`` (heavy ball, 0 = none) and steps with ``lr`` scaled by
+    ``lr_schedule`` (``constant``; ``step``: x0.1 at 50% and 75% of the rounds; ``cosine``;
+    ``inverse_sqrt``: 1/sqrt(t)). Metrics every ``eval_every`` rounds and at the last round;
+    the test set is evaluated in batches of ``eval_batch_size``.
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    model: str = "logreg"
+    n_honest: int = 10
+    f: int = 2
+    aggregator: str = "nnm+trimmed_mean"
+    aggregator_params: dict[str, Any] = field(default_factory=dict)
+    attack: str = "alie"
+    attack_params: dict[str, Any] = field(default_factory=dict)
+    heterogeneity: str = "iid"
+    alpha: float = 1.0
+    gamma: float = 1.0
+    batch_size: int = 25
+    momentum: float = 0.9
+    lr: float = 0.1
+    lr_schedule: str = "constant"
+    weight_decay: float = 1e-4
+    rounds: int = 200
+    local_steps: int = 1
+    eval_every: int = 10
+    seed: int = 0
+    device: str = "cpu"
+    val_fraction: float = 0.0
+    server_momentum: float = 0.0
+    eval_batch_size: int = 1000
+
+    # ------------------------------------------------------------------ construction
+    def __post_init__(self) -> None:
+        self._check_fields()
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
+        """Build from a mapping; unknown fields or bad values raise ``ValueError``."""
+        if not isinstance(d, dict):
+            raise ValueError(f"ExperimentConfig: expected a dict, got {type(d).__name__}")
+        names = cls.field_names()
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ValueError(
+                f"ExperimentConfig: unknown field(s) {unknown}; allowed fields: {', '.join(names)}"
+            )
+        values = dict(d)
+        for key in ("aggregator_params", "attack_params"):
+            if key in values:
+                values[key] = dict(values[key]) if isinstance(values[key], dict) else values[key]
+        return cls(**values)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> ExperimentConfig:
+        """Read a TOML file of top-level ``field = value`` lines (or an ``[experiment]`` table)."""
+        try:
+            import tomllib  # type: ignore[import-not-found]
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        if set(data) == {"experiment"} and isinstance(data["experiment"], dict):
+            data = data["experiment"]
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict of every field (``from_dict(to_dict())`` round-trips)."""
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        """Stable 16-hex-digit id of this config: the run id in the results database.
+
+        sha256 of the sorted JSON of ``to_dict()`` without ``data_dir`` (where the files are
+        does not change the experiment).
+        """
+        d = self.to_dict()
+        d.pop("data_dir")
+        text = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def replace(self, **changes: Any) -> ExperimentConfig:
+        """Copy with some fields changed (checked like ``from_dict``)."""
+        return ExperimentConfig.from_dict({**self.to_dict(), **changes})
+
+    # ------------------------------------------------------------------ checks
+    @property
+    def has_attack(self) -> bool:
+        return _attack_name(self.attack) != NO_ATTACK and self.f > 0
+
+    @property
+    def n_received(self) -> int:
+        """Number of vectors the server aggregates each round."""
+        return self.n_honest + (self.f if self.has_attack else 0)
+
+    def _check_fields(self) -> None:
+        for name, (kind, text, ok) in _NUMERIC.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(
+                    f"ExperimentConfig.{name}: expected {kind.__name__} {text}, got {value!r}"
+                )
+            if kind is int:
+                if isinstance(value, float):
+                    if not value.is_integer():
+                        raise ValueError(
+                            f"ExperimentConfig.{name}: expected an integer {text}, got {value!r}"
+                        )
+                    value = int(value)
+            else:
+                value = float(value)
+                if not math.isfinite(value):
+                    raise ValueError(
+                        f"ExperimentConfig.{name}: expected a finite float {text}, got {value!r}"
+                    )
+            if not ok(value):
+                raise ValueError(f"ExperimentConfig.{name}: expected {text}, got {value!r}")
+            object.__setattr__(self, name, value)
+        for name, allowed in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(
+                    f"ExperimentConfig.{name}: expected one of {', '.join(allowed)}, got {value!r}"
+                )
+        for name in ("dataset", "model", "aggregator", "attack", "device"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(
+                    f"ExperimentConfig.{name}: expected a non-empty string, got {value!r}"
+                )
+        if self.data_dir is not None and not isinstance(self.data_dir, (str, Path)):
+            raise ValueError(
+                f"ExperimentConfig.data_dir: expected a path string or None, got {self.data_dir!r}"
+            )
+        if isinstance(self.data_dir, Path):
+            self.data_dir = str(self.data_dir)
+        for name in ("aggregator_params", "attack_params"):
+            value = getattr(self, name)
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise ValueError(
+                    f"ExperimentConfig.{name}: expected a dict of keyword parameters, got {value!r}"
+                )
+
+    def validate(self, *, custom_model: bool = False) -> None:
+        """Check everything checkable before running; raise ``ValueError`` naming the field.
+
+        Covers field types and ranges, the dataset/model names (the model is not checked if
+        ``custom_model``), the device, the aggregation pipeline (built and checked with
+        ``check(n)`` on the number of vectors the server receives: ``n_honest + f``, or
+        ``n_honest`` with ``attack="none"``) and the attack (built with its parameters).
+        """
+        self._check_fields()
+        from byzance import datasets, models
+
+        try:
+            datasets.canonical_name(self.dataset)
+        except ValueError as exc:
+            raise ValueError(
+                f"ExperimentConfig.dataset: expected one of {', '.join(datasets.NAMES)}, "
+                f"got {self.dataset!r}"
+            ) from exc
+        if not custom_model and self.model not in models.MODELS:
+            raise ValueError(
+                f"ExperimentConfig.model: expected one of {', '.join(models.MODELS)}, "
+                f"got {self.model!r}"
+            )
+        self._check_device()
+        agg = self.build_aggregator()
+        self.build_attack(agg)
+
+    def _check_device(self) -> None:
+        import torch
+
+        try:
+            dev = torch.device(self.device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(
+                f"ExperimentConfig.device: expected e.g. 'cpu' or 'cuda:0', got {self.device!r}"
+            ) from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"ExperimentConfig.device: {self.device!r} requested but CUDA is not available"
+            )
+
+    def build_aggregator(self) -> Any:
+        """The server's pipeline, checked on the number of vectors it receives."""
+        from byzance import aggregators
+
+        try:
+            agg = aggregators.create(self.aggregator, f=self.f, **self.aggregator_params)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"ExperimentConfig.aggregator: {exc}") from exc
+        try:
+            agg.check(self.n_received)
+        except ValueError as exc:
+            raise ValueError(
+                f"ExperimentConfig.aggregator: {self.aggregator!r} with f={self.f} cannot run on "
+                f"the n={self.n_received} vectors the server receives "
+                f"(n_honest={self.n_honest}, f={self.f}, attack={self.attack!r}): {exc}"
+            ) from exc
+        return agg
+
+    def build_attack(self, aggregator: Any) -> Any:
+        """The Byzantine workers' attack, or ``None`` for ``attack="none"``."""
+        if _attack_name(self.attack) == NO_ATTACK:
+            if self.attack_params:
+                raise ValueError(
+                    "ExperimentConfig.attack_params: must be empty with attack='none', "
+                    f"got {self.attack_params!r}"
+                )
+            return None
+        from byzance import attacks
+
+        try:
+            return attacks.create(self.attack, aggregator=aggregator, **self.attack_params)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"ExperimentConfig.attack: {exc}") from exc
