@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import types
+from dataclasses import dataclass
 
 import pytest
 
@@ -113,6 +115,13 @@ def test_run_config_file_and_flag_override(capsys, tmp_path) -> None:
         (["run", "--set", "oops"], "FIELD=VALUE"),
         (["run", "missing.toml"], "not found"),
         (["run", "--q", "3"], "only apply to --engine ray"),
+        (["run", "--decentralized"], "--decentralized only apply to --engine ray"),
+        (
+            ["bench", "g.toml", "--checkpoint-dir", "c", "--num-cpus", "4"],
+            "--checkpoint-dir, --num-cpus only apply to --engine ray",
+        ),
+        (["run", "--worker-cpus", "0.5", "--model-aggregator", "median"], "--worker-cpus, --model"),
+        (["run", "--checkpoint-every", "5"], "--checkpoint-every only apply to --engine ray"),
         (["bench", "missing.toml"], "not found"),
         (["report", "missing.db"], "not found"),
     ],
@@ -215,18 +224,32 @@ def test_bench_invalid_resume_report(capsys, tmp_path) -> None:
     assert (out_dir / "summary.csv").read_text().count("\n") == 1 + 14
 
 
+@dataclass
+class FakeRayOptions:
+    """Stand-in for ``RayOptions`` (same fields as the CLI sets, same validate contract)."""
+
+    address: str | None = None
+    quorum: int | None = None
+    round_timeout: float = 60.0
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0
+    num_cpus: int | None = None
+    worker_cpus: float = 1.0
+
+    def validate(self) -> None:
+        if self.checkpoint_every and not self.checkpoint_dir:
+            raise ValueError(
+                f"RayOptions.checkpoint_every={self.checkpoint_every} needs a checkpoint_dir"
+            )
+        if self.worker_cpus < 0:
+            raise ValueError(f"RayOptions.worker_cpus: expected >= 0, got {self.worker_cpus}")
+
+
 def test_ray_engine_wiring(capsys, tmp_path, monkeypatch) -> None:
     """--engine ray passes --address/--q/--round-timeout as RayOptions and the DB path on."""
-    import types
-    from dataclasses import dataclass
-
     import byzance.grid as grid_mod
 
-    @dataclass
-    class RayOptions:
-        address: str | None = None
-        quorum: int | None = None
-        round_timeout: float = 60.0
+    RayOptions = FakeRayOptions
 
     calls = []
 
@@ -288,3 +311,161 @@ def test_ray_engine_wiring(capsys, tmp_path, monkeypatch) -> None:
     )
     assert code == 0, err
     assert "1 already finished, 0 finished now" in out and len(calls) == 1
+
+
+def _fake_ray(monkeypatch, tmp_path):
+    """Stand-in Ray engines (centralised and decentralised) that record what they get."""
+    import byzance.engines.decentralized as dec_mod
+    import byzance.grid as grid_mod
+
+    calls: list[tuple[str, object, FakeRayOptions, object]] = []
+
+    def record(db, config, engine, rid):
+        if db is None:
+            return
+        with open_db(db) as conn:
+            conn.start_run(config.to_dict(), engine, overwrite=True, run_id_=rid)
+            metrics = {"round": config.rounds, "test_accuracy": 0.5}
+            conn.record_metrics(rid, metrics)
+            conn.finish_run(rid, 0.5, 0.1)
+
+    def run_experiment_ray(
+        config, *, address=None, options=None, on_metrics=None, db=None, progress=False
+    ):
+        calls.append(("ray", config, options, None))
+        rid = grid_mod.run_key(config.to_dict(), "ray", {"q": options.quorum})
+        record(db, config, "ray", rid)
+        return types.SimpleNamespace(final_accuracy=0.5, seconds=0.1, history=[])
+
+    def run_decentralized_ray(
+        config, *, address=None, options=None, decentralized=None, on_metrics=None, db=None
+    ):
+        calls.append(("dec", config, options, decentralized))
+        # the real engine's id: config + asdict(DecentralizedOptions)
+        import dataclasses
+
+        from byzance.results import run_id
+
+        rid = run_id(
+            {**config.to_dict(), "decentralized": dataclasses.asdict(decentralized)}, "ray"
+        )
+        record(db, config, "ray-decentralized", rid)
+        history = [{"round": config.rounds, "test_accuracy": 0.625, "spread": 0.0421}]
+        return {"history": history, "params": None, "seconds": 0.2, "run_id": rid}
+
+    fake = types.SimpleNamespace(RayOptions=FakeRayOptions, run_experiment_ray=run_experiment_ray)
+    monkeypatch.setattr(grid_mod, "load_ray_engine", lambda: fake)
+    monkeypatch.setattr(dec_mod, "run_decentralized_ray", run_decentralized_ray)
+    return calls
+
+
+def test_ray_option_flags_reach_the_engine(capsys, tmp_path, monkeypatch) -> None:
+    calls = _fake_ray(monkeypatch, tmp_path)
+    db = tmp_path / "r.db"
+    common = [*TINY, "--aggregator", "median", "--no-reference", "--engine", "ray"]
+    argv = ["run", *common, "--checkpoint-dir", str(tmp_path / "ck"), "--num-cpus", "6"]
+    argv += ["--worker-cpus", "0.5", "--db", str(db)]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    ((kind, config, options, _),) = calls
+    assert kind == "ray" and config.aggregator == "median"
+    # --checkpoint-dir alone checkpoints every 10 rounds (RayOptions' 0 would mean never)
+    assert options == FakeRayOptions(
+        checkpoint_dir=str(tmp_path / "ck"), checkpoint_every=10, num_cpus=6, worker_cpus=0.5
+    )
+    argv = ["run", *common, "--checkpoint-dir", "ck", "--checkpoint-every", "3"]
+    assert run_cli(capsys, *argv)[0] == 0 and calls[-1][2].checkpoint_every == 3
+
+    # decentralized: run_decentralized_ray with the model aggregator; spread in the summary
+    calls.clear()
+    argv = ["run", *common, "--decentralized", "--num-cpus", "4", "--q", "3", "--db", str(db)]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    ((kind, config, options, dec),) = calls
+    assert kind == "dec" and options.num_cpus == 4 and options.quorum == 3
+    assert dec.model_aggregator == "trimmed_mean" and dec.equivocate
+    assert "decentralized (model aggregator trimmed_mean)" in out
+    assert "0.625 (spread 0.0421)" in out
+    code, out, err = run_cli(capsys, *argv[:-2], "--model-aggregator", "median")
+    assert code == 0 and calls[-1][3].model_aggregator == "median"
+    with open_db(db) as conn:
+        engines = sorted(r["engine"] for r in conn.load_runs("finished"))
+    assert engines == ["ray", "ray-decentralized"]
+
+    # bench: the same decentralized run is found finished (same id), whatever q/CPUs;
+    # another model aggregator is another run
+    grid = tmp_path / "g.toml"
+    grid.write_text(
+        '[base]\ndataset = "digits"\nrounds = 2\neval_every = 1\nbatch_size = 8\n'
+        'attack = "ipm"\nattack_params = {epsilon = 4.0}\nf = 3\n'
+        '[sweep]\naggregator = ["median"]\n'
+    )
+    bench = ["bench", str(grid), "--db", str(db), "--engine", "ray", "--quiet", "--decentralized"]
+    n_calls = len(calls)
+    code, out, err = run_cli(capsys, *bench, "--num-cpus", "8", "--worker-cpus", "0.25")
+    assert code == 0, err
+    assert "1 already finished, 0 finished now" in out and len(calls) == n_calls
+    code, out, err = run_cli(capsys, *bench, "--model-aggregator", "mean", "--dry-run")
+    assert code == 0 and "1 to run" in out
+    code, out, err = run_cli(capsys, *bench, "--model-aggregator", "mean")
+    assert code == 0 and "1 finished now" in out and calls[-1][3].model_aggregator == "mean"
+
+
+def test_run_key_keeps_only_options_that_change_results() -> None:
+    from byzance.grid import run_key
+
+    cfg = ExperimentConfig().to_dict()
+    base = run_key(cfg, "ray")
+    same = {"checkpoint_dir": "ck", "checkpoint_every": 5, "num_cpus": 4, "worker_cpus": 0.5}
+    assert run_key(cfg, "ray", {**same, "address": "auto", "round_timeout": 3.0}) == base
+    assert run_key(cfg, "ray", {"q": 11}) != base
+    dec = run_key(cfg, "ray", {"decentralized": True})
+    assert dec not in (base, run_key(cfg, "sim"))
+    assert dec == run_key(cfg, "ray", {"decentralized": True, "model_aggregator": "trimmed_mean"})
+    assert dec == run_key(cfg, "ray", {"decentralized": True, "q": 11, **same})
+    assert dec != run_key(cfg, "ray", {"decentralized": True, "model_aggregator": "median"})
+    assert run_key(cfg, "ray", {"decentralized": False}) == base
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--model-aggregator", "median"], "--model-aggregator only applies to --decentralized"),
+        (["--decentralized", "--checkpoint-dir", "ck"], "does not checkpoint"),
+        (["--decentralized", "--model-aggregator", "nope"], "--model-aggregator: "),
+        (["--checkpoint-every", "5"], "needs a checkpoint_dir"),
+        (["--num-cpus", "0"], "--num-cpus must be >= 1"),
+        (["--worker-cpus", "-1"], "worker_cpus"),
+    ],
+)
+def test_ray_option_errors(capsys, tmp_path, monkeypatch, flags, needle) -> None:
+    calls = _fake_ray(monkeypatch, tmp_path)
+    code, out, err = run_cli(capsys, "run", *TINY, "--engine", "ray", *flags)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+    assert not calls
+
+
+def test_real_decentralized_run_shows_spread(capsys, tmp_path) -> None:
+    """A real, tiny decentralised Ray run: 15-25 s on 2 loaded cores, mostly actor start-up."""
+    pytest.importorskip("ray")
+    db = tmp_path / "r.db"
+    argv = ["run", "--dataset", "digits", "--model", "logreg", "--n-honest", "3", "--f", "1"]
+    argv += ["--aggregator", "trimmed_mean", "--attack", "alie", "--rounds", "3"]
+    argv += ["--eval-every", "3", "--batch-size", "8", "--no-reference", "--quiet"]
+    argv += ["--engine", "ray", "--decentralized", "--num-cpus", "4", "--db", str(db)]
+    argv += ["--round-timeout", "20"]  # a stuck node fails the run instead of hanging the test
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if line.startswith("trimmed_mean"))
+    acc, spread = row.split()[2], row.split("(spread ")[1].split(")")[0]
+    # ALIE forged per recipient (equivocation) pulls the honest models apart: spread > 0
+    assert 0 <= float(acc) <= 1 and float(spread) > 0
+    from byzance.grid import run_key
+
+    with open_db(db) as conn:
+        (run,) = conn.load_runs("finished")
+        assert run["engine"] == "ray-decentralized"
+        # the id the CLI computes (resume, bench) is the one the engine recorded
+        assert run["run_id"] == run_key(run["config"], "ray", {"decentralized": True})
+        (records,) = conn.load_metrics().values()
+        assert [r["round"] for r in records] == [3]

@@ -15,6 +15,7 @@ from typing import Any
 
 from byzance import __version__
 from byzance.grid import (
+    DEFAULT_MODEL_AGGREGATOR,
     ENGINES,
     GridError,
     execute_run,
@@ -60,6 +61,8 @@ examples:
   byzance run my_experiment.toml --seed 1 --db results.db
   byzance run --show-config > my_experiment.toml # start a config file from the quickstart
   byzance bench examples/grid.toml --db results.db --jobs 2
+  byzance run --engine ray --num-cpus 16         # real workers on a local Ray instance
+  byzance run --engine ray --decentralized       # Ray, no trusted server (docs/ray.md)
   byzance report results.db --out report/
 
 Run 'byzance COMMAND --help' for the options of a command.
@@ -104,7 +107,9 @@ class UserError(Exception):
 
 
 def _add_engine_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("engine")
+    g = p.add_argument_group(
+        "engine", "every option but --engine needs --engine ray (see docs/ray.md)"
+    )
     g.add_argument(
         "--engine",
         choices=ENGINES,
@@ -113,13 +118,49 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--address", help="Ray cluster address (auto, host:port); default: local Ray")
     g.add_argument(
-        "--q", type=int, metavar="Q", help="Ray: vectors aggregated per round (default n - f)"
+        "--q", type=int, metavar="Q", help="vectors aggregated per round (default n - f)"
     )
     g.add_argument(
         "--round-timeout",
         type=float,
         metavar="SECONDS",
-        help="Ray: how long the server waits for q vectors",
+        help="how long the server waits for q vectors (default 60)",
+    )
+    g.add_argument(
+        "--checkpoint-dir",
+        metavar="DIR",
+        help="save checkpoints in DIR; the same run started again resumes from its last one",
+    )
+    g.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="checkpoint every N rounds (needs --checkpoint-dir; default with it: 10)",
+    )
+    g.add_argument(
+        "--num-cpus",
+        type=int,
+        metavar="N",
+        help="logical CPUs of the local Ray instance started here (default: the machine's); "
+        "each worker reserves --worker-cpus",
+    )
+    g.add_argument(
+        "--worker-cpus",
+        type=float,
+        metavar="X",
+        help="CPUs each worker actor reserves (default 1; e.g. 0.5)",
+    )
+    g.add_argument(
+        "--decentralized",
+        action="store_true",
+        default=None,
+        help="no trusted server: every honest node keeps its own model, aggregates its peers' "
+        "vectors with the rule, then their models with --model-aggregator",
+    )
+    g.add_argument(
+        "--model-aggregator",
+        metavar="SPEC",
+        help="--decentralized: rule of the model exchange (default trimmed_mean)",
     )
 
 
@@ -258,19 +299,66 @@ def _set_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+#: engine options set by flags of the same name (``q`` -> ``--q``)
+ENGINE_OPTIONS = (
+    "address",
+    "q",
+    "round_timeout",
+    "checkpoint_dir",
+    "checkpoint_every",
+    "num_cpus",
+    "worker_cpus",
+    "decentralized",
+    "model_aggregator",
+)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    options = {"address": args.address, "q": args.q, "round_timeout": args.round_timeout}
-    if args.engine != "ray" and any(v is not None for v in options.values()):
-        given = [f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None]
+    options = {name: getattr(args, name) for name in ENGINE_OPTIONS}
+    given = [_flag(k) for k, v in options.items() if v is not None]
+    if args.engine != "ray" and given:
         raise UserError(f"{', '.join(given)} only apply to --engine ray")
-    if args.engine == "ray":
-        from byzance.grid import load_ray_engine
+    if args.engine != "ray":
+        return options
+    if options["model_aggregator"] is not None and not options["decentralized"]:
+        raise UserError("--model-aggregator only applies to --decentralized")
+    if options["decentralized"]:
+        ckpt = [_flag(k) for k in ("checkpoint_dir", "checkpoint_every") if options[k] is not None]
+        if ckpt:
+            raise UserError(f"{', '.join(ckpt)}: the decentralized mode does not checkpoint")
+        if options["model_aggregator"] is None:
+            options["model_aggregator"] = DEFAULT_MODEL_AGGREGATOR
+        from byzance import aggregators
 
         try:
-            load_ray_engine()
-        except ImportError as err:
-            raise UserError(str(err)) from None
+            aggregators.create(options["model_aggregator"], f=1)
+        except (ValueError, TypeError) as err:
+            raise UserError(f"--model-aggregator: {err}") from None
+    if options["checkpoint_dir"] is not None and options["checkpoint_every"] is None:
+        options["checkpoint_every"] = 10
+    if options["num_cpus"] is not None and options["num_cpus"] < 1:
+        raise UserError(f"--num-cpus must be >= 1, got {options['num_cpus']}")
+    from byzance.grid import load_ray_engine, ray_options
+
+    try:
+        module = load_ray_engine()
+    except ImportError as err:
+        raise UserError(str(err)) from None
+    try:
+        ray_options(module, options).validate()
+    except ValueError as err:  # e.g. RayOptions.checkpoint_every=5 needs a checkpoint_dir
+        raise UserError(str(err)) from None
     return options
+
+
+def _engine_label(engine: str, options: dict[str, Any]) -> str:
+    if engine == "ray" and options.get("decentralized"):
+        return f"engine ray, decentralized (model aggregator {options['model_aggregator']})"
+    return f"engine {engine}"
 
 
 def _dump_toml(config: dict[str, Any]) -> str:
@@ -305,7 +393,11 @@ def _fmt_acc(out: dict[str, Any] | None) -> str:
         return "-"
     if out["status"] != "finished":
         return "failed"
-    return f"{out['final_accuracy']:.3f}"
+    text = f"{out['final_accuracy']:.3f}"
+    history = getattr(out.get("result"), "history", None) or [{}]
+    if "spread" in history[-1]:  # decentralized: the honest models' diameter max ||x_i - x_j||
+        text += f" (spread {history[-1]['spread']:.3g})"
+    return text
 
 
 # -- run -------------------------------------------------------------------------------------
@@ -389,7 +481,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     title = "quickstart" if not args.config and not _any_flag(args) else "experiment"
     print(
         f"byzance {title}: {first.dataset} / {first.model}, {who}, {het}, "
-        f"{first.rounds} rounds, engine {args.engine}",
+        f"{first.rounds} rounds, {_engine_label(args.engine, options)}",
         flush=True,
     )
     progress = not args.quiet and sys.stderr.isatty()
@@ -443,11 +535,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    options = _engine_options(args)
     grid = load_grid(args.grid)
     overrides = _set_overrides(args.set)
     for point in grid.points:
         point.config.update(overrides)
-    options = _engine_options(args)
     valid, invalid = validate_points(grid.points)
     total = len(grid.points)
     if invalid:
@@ -482,7 +574,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not configs:
         raise UserError(f"no valid config to run in {args.grid}")
     print(
-        f"{grid.name}: {len(configs)} runs ({args.jobs} job(s), engine {args.engine}) -> {args.db}",
+        f"{grid.name}: {len(configs)} runs ({args.jobs} job(s), "
+        f"{_engine_label(args.engine, options)}) -> {args.db}",
         flush=True,
     )
     summary = run_grid(

@@ -170,15 +170,46 @@ def run_key(
     engine: str = "sim",
     engine_options: Mapping[str, Any] | None = None,
 ) -> str:
-    """The run's id in the results DB: ``run_id`` of the config, plus Ray's quorum if set.
+    """The run's id in the results DB: ``run_id`` of the config plus the Ray options that change
+    the result.
 
-    Must match what the engine records (the Ray engine keys a run by its config and quorum).
+    Must match what the engines record: the Ray engine keys a run by its config and quorum
+    (``q``); the decentralised one by its config and ``DecentralizedOptions`` (model aggregator;
+    q only bounds what a node may aggregate there). Options that do not change the result
+    (address, round timeout, checkpoints, CPUs) are left out, so a run resumes under new ones.
     """
     keyed = dict(config_dict)
-    q = (engine_options or {}).get("q")
-    if engine == "ray" and q is not None:
-        keyed["ray_quorum"] = q
+    options = engine_options or {}
+    if engine == "ray" and options.get("decentralized"):
+        # = dataclasses.asdict(DecentralizedOptions(model_aggregator=...)) in decentralized.py
+        keyed["decentralized"] = {
+            "model_aggregator": options.get("model_aggregator") or DEFAULT_MODEL_AGGREGATOR,
+            "equivocate": True,
+        }
+    elif engine == "ray" and options.get("q") is not None:
+        keyed["ray_quorum"] = options["q"]
     return run_id(keyed, engine)
+
+
+#: engine options that go to ``RayOptions`` as they are (``q`` becomes ``quorum``)
+RAY_OPTION_FIELDS = (
+    "address",
+    "round_timeout",
+    "checkpoint_dir",
+    "checkpoint_every",
+    "num_cpus",
+    "worker_cpus",
+)
+DEFAULT_MODEL_AGGREGATOR = "trimmed_mean"
+
+
+def ray_options(module: Any, engine_options: Mapping[str, Any] | None) -> Any:
+    """``module.RayOptions`` from the engine options given (``None`` values left at default)."""
+    given = {k: v for k, v in (engine_options or {}).items() if v is not None}
+    kwargs = {k: given[k] for k in RAY_OPTION_FIELDS if k in given}
+    if "q" in given:
+        kwargs["quorum"] = given["q"]
+    return module.RayOptions(**kwargs)
 
 
 def run_engine(
@@ -191,9 +222,12 @@ def run_engine(
 ) -> Any:
     """Run one validated ``ExperimentConfig`` on the simulator or on Ray; returns a RunResult.
 
-    ``engine_options`` (Ray only): ``address``, ``q`` (vectors aggregated per round) and
-    ``round_timeout`` (seconds), passed on as ``RayOptions``. ``db_path`` (Ray only): the
-    engine records the run in that results DB itself (with ``missing_workers``).
+    ``engine_options`` (Ray only): ``address``, ``q`` (vectors aggregated per round),
+    ``round_timeout`` (seconds), ``checkpoint_dir``, ``checkpoint_every``, ``num_cpus``,
+    ``worker_cpus``, passed on as ``RayOptions``; ``decentralized=True`` runs
+    ``run_decentralized_ray`` with ``DecentralizedOptions(model_aggregator=...)`` instead (its
+    records carry ``spread``). ``db_path`` (Ray only): the engine records the run in that
+    results DB itself (with ``missing_workers``).
     """
     if engine == "sim":
         from byzance.sim import run_experiment
@@ -201,20 +235,67 @@ def run_engine(
         return run_experiment(config, on_metrics=on_metrics, progress=progress)
     if engine == "ray":
         module = load_ray_engine()
-        given = {k: v for k, v in (engine_options or {}).items() if v is not None}
-        address = given.pop("address", None)
-        if "q" in given:
-            given["quorum"] = given.pop("q")
-        options = module.RayOptions(address=address, **given)
+        options = ray_options(module, engine_options)
+        if (engine_options or {}).get("decentralized"):
+            return _run_decentralized(
+                config, options, engine_options or {}, on_metrics, progress, db_path
+            )
         return module.run_experiment_ray(
             config,
-            address=address,
+            address=options.address,
             options=options,
             on_metrics=on_metrics,
             db=db_path,
             progress=progress,
         )
     raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
+
+
+def _run_decentralized(
+    config: Any,
+    options: Any,
+    engine_options: Mapping[str, Any],
+    on_metrics: Callable[[dict], None] | None,
+    progress: bool,
+    db_path: str | None,
+) -> Any:
+    """``run_decentralized_ray`` wrapped into a ``RunResult`` (accuracy: mean over honest nodes)."""
+    from byzance.engines.decentralized import DecentralizedOptions, run_decentralized_ray
+    from byzance.sim.simulation import RunResult
+
+    if options.checkpoint_dir or options.checkpoint_every:
+        raise ValueError("decentralized mode does not checkpoint (checkpoint_dir/checkpoint_every)")
+    dec = DecentralizedOptions(
+        model_aggregator=engine_options.get("model_aggregator") or DEFAULT_MODEL_AGGREGATOR
+    )
+
+    def report(record: dict) -> None:
+        if progress:
+            print(
+                f"    round {record['round']}: accuracy {record['test_accuracy']:.3f} "
+                f"(min {record['test_accuracy_min']:.3f}), spread {record['spread']:.3g}",
+                file=sys.stderr,
+                flush=True,
+            )
+        if on_metrics is not None:
+            on_metrics(record)
+
+    out = run_decentralized_ray(
+        config,
+        address=options.address,
+        options=options,
+        decentralized=dec,
+        on_metrics=report,
+        db=db_path,
+    )
+    history = out["history"]
+    return RunResult(
+        config=config,
+        history=history,
+        final_accuracy=history[-1]["test_accuracy"],
+        seconds=out["seconds"],
+        timings={"rounds": config.rounds},
+    )
 
 
 def load_ray_engine() -> Any:
