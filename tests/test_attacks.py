@@ -481,3 +481,48 @@ def test_adaptive_attacks_check_the_aggregator_condition():
         atk.OptimalIPM(aggregator=krum)(cloud(4, 5), 3)
     with pytest.raises(ValueError, match="Krum requires"):
         atk.HiddenVulnerability(aggregator=krum)(cloud(4, 5), 3)
+
+
+@pytest.mark.parametrize("spec", ["median", "nnm+trimmed_mean", "krum"])
+def test_optimal_warm_sketched_search_close_to_exhaustive_search(spec):
+    f, rule = 2, agg.create(spec, f=2)
+    base = cloud(9, 3000, seed=1)
+    fast = atk.OptimalALIE(aggregator=rule, sketch=1024)  # warm start + sketch (defaults)
+    ratios = []
+    for r in range(6):  # slowly drifting rounds, as in training
+        honest = base + 0.05 * cloud(9, 3000, seed=10 + r)
+        exhaustive = atk.OptimalALIE(
+            aggregator=rule, sketch=None, warm_start=False, points=61, refine=16
+        )
+        best = damage(rule, honest, exhaustive(honest, f))
+        got = damage(rule, honest, fast(honest, f))
+        assert got >= damage(rule, honest, atk.ALittleIsEnough()(honest, f)) - 1e-9
+        ratios.append(got / best)
+    assert min(ratios) > 0.9 and sum(ratios) / len(ratios) > 0.96, ratios
+
+
+def test_optimal_warm_start_uses_fewer_evaluations_and_reset_restarts_cold():
+    calls = []
+
+    class Counting(agg.Median):
+        def aggregate(self, x):
+            calls.append(x.shape[1])
+            return super().aggregate(x)
+
+    rule = Counting()
+    honest = cloud(9, 300)
+    attack = atk.OptimalALIE(aggregator=rule, sketch=64, points=15, refine=8)
+    attack(honest, 2)
+    cold = len(calls)
+    calls.clear()
+    attack(honest, 2)
+    warm = len(calls)
+    assert sum(1 for k in calls if k == 300) <= 3  # best, its lower neighbour, base: full
+    assert all(k in (64, 300) for k in calls)
+    assert warm < cold <= 15 + 1 + 8 + 3
+    calls.clear()
+    attack.reset()
+    attack(honest, 2)
+    assert len(calls) == cold
+    with pytest.raises(ValueError, match="sketch >= 0"):
+        atk.OptimalALIE(aggregator=rule, sketch=-1)

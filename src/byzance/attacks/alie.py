@@ -29,6 +29,20 @@ def alie_z_max(n: int, f: int) -> float:
     return NormalDist().inv_cdf((n - s) / n)
 
 
+def honest_line(honest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mu, -sigma)``: per-coordinate mean and unbiased standard deviation of the rows.
+
+    ``sigma_j = sqrt(sum_i (x_ij - mu_j)^2 / (h - 1))`` (``h - 1`` replaced by 1 when h = 1,
+    giving 0). Two passes, mean then sum of squared deviations (numerically as stable as
+    ``torch.std_mean``, which is 10-30x slower on a wide (h, d) input reduced over dim 0).
+    """
+    h = honest.shape[0]
+    mean = honest.mean(dim=0)
+    dev = honest - mean
+    var = dev.mul_(dev).sum(dim=0)
+    return mean, var.div_(max(h - 1, 1)).sqrt_().neg_()
+
+
 class ALittleIsEnough(LinearAttack):
     """Shift the honest mean by ``z`` per-coordinate standard deviations: ``mu - z * sigma``.
 
@@ -50,9 +64,7 @@ class ALittleIsEnough(LinearAttack):
         self.z = z
 
     def line(self, honest: torch.Tensor, f: int) -> tuple[torch.Tensor, torch.Tensor]:
-        correction = 1 if honest.shape[0] > 1 else 0
-        std, mean = torch.std_mean(honest, dim=0, correction=correction)
-        return mean, -std
+        return honest_line(honest)
 
     def default_scale(self, n: int, f: int) -> float:
         return self.z if self.z is not None else alie_z_max(n, f)

@@ -92,10 +92,81 @@ class Probe:
                 g.set_state(state)
 
 
-def _damage(probe: Probe, honest: torch.Tensor, mean: torch.Tensor, byz: torch.Tensor) -> float:
-    out = probe(torch.cat([honest, byz], dim=0))
-    value = float(torch.linalg.vector_norm(out.to(mean.dtype) - mean))
-    return math.inf if math.isnan(value) else value
+def _golden(value: _Memo, a: float, b: float, steps: int) -> None:
+    """``steps`` new evaluations of a golden-section search for a maximum of ``value`` on [a, b].
+
+    ``value`` is memoised (a point seen before costs nothing and is not counted).
+    """
+    if steps <= 0 or not b > a:
+        return
+    value.start()
+    c, d = b - _GOLDEN * (b - a), a + _GOLDEN * (b - a)
+    for _ in range(2 * steps + 2):  # each turn evaluates at least one new point but the last
+        if value.count >= steps:
+            return
+        if value(c) >= value(d):
+            b, d = d, c
+            c = b - _GOLDEN * (b - a)
+        else:
+            a, c = c, d
+            d = a + _GOLDEN * (b - a)
+
+
+class _Memo:
+    """Memoised objective on log-scales ``t``; ``count`` = new evaluations since ``start``."""
+
+    def __init__(self, fn: Callable[[float], float]) -> None:
+        self.fn = fn
+        self.seen: dict[float, float] = {}
+        self.count = 0
+
+    def start(self) -> None:
+        self.count = 0
+
+    def __call__(self, t: float) -> float:
+        if t not in self.seen:
+            self.seen[t] = self.fn(t)
+            self.count += 1
+        return self.seen[t]
+
+    def best(self) -> float:
+        return max(self.seen, key=lambda t: (self.seen[t], -abs(t)))
+
+    def neighbours(self, t: float) -> tuple[float | None, float | None]:
+        below = [u for u in self.seen if u < t]
+        above = [u for u in self.seen if u > t]
+        return (max(below) if below else None), (min(above) if above else None)
+
+
+class _Rows:
+    """The (h + f, k) input of the aggregator, honest rows written once.
+
+    Each candidate only rewrites the f Byzantine rows (no concatenation per evaluation);
+    ``damage(scale)`` is ``||A(rows) - mean||`` (NaN counted as infinite damage).
+    """
+
+    def __init__(
+        self,
+        probe: Probe,
+        honest: torch.Tensor,
+        mean: torch.Tensor,
+        anchor: torch.Tensor,
+        direction: torch.Tensor,
+        f: int,
+    ) -> None:
+        h, k = honest.shape
+        self.probe, self.h, self.mean = probe, h, mean
+        self.anchor, self.direction = anchor, direction
+        self.x = honest.new_empty(h + f, k)
+        self.x[:h] = honest
+
+    def damage(self, scale: float) -> float:
+        h, x = self.h, self.x
+        torch.add(self.anchor, self.direction, alpha=scale, out=x[h])
+        x[h + 1 :] = x[h]
+        out = self.probe(x)
+        value = float(torch.linalg.vector_norm(out.to(self.mean.dtype) - self.mean))
+        return math.inf if math.isnan(value) else value
 
 
 class Optimal(Attack):
@@ -104,18 +175,47 @@ class Optimal(Attack):
     For a ``LinearAttack`` base with line ``b(s) = anchor + s * direction`` (ALIE:
     ``mu - s * sigma``; IPM: ``-s * mu``) and an aggregator ``A``, each round picks
 
-        s* = argmax_s || A([honest; b(s), ..., b(s)]) - mu ||,   mu = honest mean,
+        s* = argmax_s D(s),   D(s) = || A([honest; b(s), ..., b(s)]) - mu ||,   mu = honest mean,
 
-    by a line search on the real pipeline (``aggregator.aggregate``): a geometric grid of
-    ``points`` scales ``s0 * low ... s0 * high`` (``s0`` = the base's own scale, e.g. ALIE's
-    z_max or IPM's epsilon, also evaluated), then ``refine`` golden-section steps in
-    log-scale around the best grid point. ``points + refine + 1`` aggregations per round
-    (24 by default; the random draws of stochastic steps such as Bucketing are replayed,
-    see ``Probe``, so the search does not consume the run's randomness). The base's own
-    scale is among the candidates, so the damage is never
-    below the base attack's. This is the "optimised" ALIE/IPM of Allouah et al. (AISTATS 2023,
-    "Fixing by Mixing") and Shejwalkar & Houmansadr (NDSS 2021), with a line search instead
-    of their grid. ``last_scale`` holds the scale chosen in the last round.
+    by a line search in ``t = log(s / s0)`` on the real pipeline (``aggregator.aggregate``),
+    ``s0`` being the base's own scale (ALIE's z_max, IPM's epsilon; 1 if it is 0), over
+    ``s in [s0 * low, s0 * high]``. This is the "optimised" ALIE/IPM of Allouah et al.
+    (AISTATS 2023, "Fixing by Mixing") and Shejwalkar & Houmansadr (NDSS 2021), with a line
+    search instead of their grid.
+
+    Search (``q = (high / low)^(1 / (points - 1))``, the grid ratio):
+
+    * cold (first round, after ``reset()``, or ``warm_start=False``): a geometric grid of
+      ``points`` scales ``s0 * low ... s0 * high`` plus ``s0``, then ``refine``
+      golden-section evaluations (log-scale) between the neighbours of the best grid point;
+    * warm (later rounds): the attack is called every round on slowly changing inputs, so the
+      search starts from the previous round's best ``t_prev``: the 3 points ``t_prev``,
+      ``t_prev +- log q``; while the best point is the bracket's lowest or highest one (and
+      inside ``[low, high]``) the bracket is widened past it with doubling steps; then
+      ``refine`` golden-section evaluations between the best point's neighbours, as cold.
+      ``3 + refine`` evaluations (11 by default) instead of ``points + 1 + refine`` (24),
+      at the risk of tracking a local maximum a cold grid would have left.
+
+    Sketch (``sketch = k``, used when ``k < d``): the candidates are evaluated on ``k``
+    coordinates drawn uniformly (with replacement, a fresh draw per round from the attack's
+    own generator, ``seed``) and scaled by ``sqrt(d / k)``, so squared norms and distances
+    are unbiased estimates of the full ones: exact on those coordinates for coordinate-wise
+    rules (Median, TrimmedMean, ...), unbiased distances for distance-based ones (Krum, NNM,
+    GeometricMedian, clipping thresholds). An evaluation then costs ``O(n k)`` instead of
+    ``O(n d)``; the price is noise in ``D`` of relative order ``1 / sqrt(k)`` (more for
+    heavy-tailed coordinates, which may move the chosen scale slightly). Then the full
+    vectors are evaluated exactly at the best candidate, at the nearest smaller candidate
+    evaluated (the damage often peaks just before a cliff, where the Byzantine vectors start
+    being discarded, so a sketch error past the peak costs most) and at the base scale
+    ``s0``, and the most damaging of these (at most 3 full aggregations) is kept.
+    ``sketch=None`` or ``0``: every candidate is evaluated exactly on all coordinates.
+
+    Guarantee: the returned vectors do at least as much damage as the base attack at its own
+    scale, ``D(s*) >= D(s0)``, measured by the real pipeline on the full vectors (with
+    a sketch by the final exact comparison; without, ``s0`` is among the exact candidates).
+    Stochastic steps (e.g. Bucketing) replay this round's random draw at every evaluation and
+    the run's random stream is untouched (see ``Probe``). ``last_scale`` holds the scale
+    returned in the last round.
     """
 
     name = "optimal"
@@ -128,6 +228,9 @@ class Optimal(Attack):
         high: float = 1024.0,
         points: int = 15,
         refine: int = 8,
+        sketch: int | None = 16384,
+        warm_start: bool = True,
+        seed: int = 0,
     ) -> None:
         who = type(self).__name__
         if isinstance(base, str):
@@ -145,31 +248,95 @@ class Optimal(Attack):
         self.high = check_real(who, "high", high, low=self.low)
         self.points = check_int(who, "points", points, low=2)
         self.refine = check_int(who, "refine", refine, low=0)
+        self.sketch = None if sketch is None else check_int(who, "sketch", sketch, low=0)
+        if not isinstance(warm_start, bool):
+            raise TypeError(f"{who}: warm_start must be a bool, got {type(warm_start).__name__}")
+        self.warm_start = warm_start
+        self.seed = check_int(who, "seed", seed, low=0)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the previous round's best scale (next search is cold) and re-seed the sketch."""
         self._last_scale: float | None = None
+        self._hint: float | None = None
+        self._generator = torch.Generator().manual_seed(self.seed)
 
     @property
     def last_scale(self) -> float | None:
         return self._last_scale
 
     def forge(self, honest: torch.Tensor, f: int) -> torch.Tensor:
-        self.aggregator.check(honest.shape[0] + f)
+        h, d = honest.shape
+        self.aggregator.check(h + f)
         anchor, direction = self.base.line(honest, f)
-        s0 = self.base.default_scale(honest.shape[0] + f, f)
+        s0 = self.base.default_scale(h + f, f)
         center = s0 if s0 > 0 else 1.0
-        ratio = (self.high / self.low) ** (1.0 / (self.points - 1))
-        grid = sorted({center * self.low * ratio**i for i in range(self.points)} | {center})
         mean = honest.mean(dim=0)
         probe = Probe(self.aggregator)
+        k = self.sketch or d
+        if k < d:  # candidates on a random sketch of k coordinates, scaled by sqrt(d / k)
+            idx = torch.randint(d, (k,), generator=self._generator).sort().values
+            idx = idx.to(honest.device)
+            c = math.sqrt(d / k)
+            rows = _Rows(
+                probe,
+                honest.index_select(1, idx).mul_(c),
+                mean.index_select(0, idx).mul_(c),
+                anchor.index_select(0, idx).mul_(c),
+                direction.index_select(0, idx).mul_(c),
+                f,
+            )
+            exact = _Rows(probe, honest, mean, anchor, direction, f)
+        else:
+            rows = exact = _Rows(probe, honest, mean, anchor, direction, f)
 
-        def evaluate(scale: float) -> float:
-            byz = (anchor + scale * direction).unsqueeze(0).expand(f, -1)
-            return _damage(probe, honest, mean, byz)
-
-        scale, value = line_search(evaluate, grid, self.refine)
-        if s0 <= 0 and evaluate(0.0) >= value:  # scale 0 (e.g. ALIE's z_max = 0) may be best
-            scale = 0.0
+        value = _Memo(lambda t: rows.damage(center * math.exp(t)))
+        self._search(value)
+        t_best = value.best()
+        self._hint = t_best
+        scale = center * math.exp(t_best)
+        if rows is exact:  # exact search: compare with the base scale (usually seen already)
+            if scale != s0:
+                base_value = value(0.0) if s0 > 0 else exact.damage(0.0)
+                if base_value >= value.seen[t_best]:
+                    scale = s0
+        else:  # exact check of the best candidate, its lower neighbour and the base scale
+            below, _ = value.neighbours(t_best)
+            scales = {s0, scale} | ({center * math.exp(below)} if below is not None else set())
+            scale = max(sorted(scales), key=lambda s: (exact.damage(s), s == s0))
         self._last_scale = scale
         return (anchor + scale * direction).expand(f, -1).clone()
+
+    def _search(self, value: _Memo) -> None:
+        """Evaluate ``value`` (memoised, on t = log(s / s0)) at the points of the search."""
+        lo, hi = math.log(self.low), math.log(self.high)
+        step = (hi - lo) / (self.points - 1)
+        if self._hint is None or not self.warm_start:
+            for i in range(self.points):
+                value(lo + i * step)
+            if lo <= 0.0 <= hi:
+                value(0.0)
+        else:
+            t0 = min(max(self._hint, lo), hi)
+            for t in (t0 - step, t0, t0 + step):
+                value(min(max(t, lo), hi))
+            grow = step
+            while True:  # widen past the best point while it is the bracket's edge
+                best = value.best()
+                below, above = value.neighbours(best)
+                if below is None and best > lo:
+                    grow *= 2
+                    value(max(best - grow, lo))
+                elif above is None and best < hi:
+                    grow *= 2
+                    value(min(best + grow, hi))
+                else:
+                    break
+        best = value.best()
+        below, above = value.neighbours(best)
+        a = best if below is None else below
+        b = best if above is None else above
+        _golden(value, a, b, self.refine)
 
 
 class OptimalALIE(Optimal):
@@ -185,8 +352,13 @@ class OptimalALIE(Optimal):
         high: float = 1024.0,
         points: int = 15,
         refine: int = 8,
+        sketch: int | None = 16384,
+        warm_start: bool = True,
+        seed: int = 0,
     ) -> None:
-        super().__init__(ALittleIsEnough(z), aggregator, low, high, points, refine)
+        super().__init__(
+            ALittleIsEnough(z), aggregator, low, high, points, refine, sketch, warm_start, seed
+        )
 
 
 class OptimalIPM(Optimal):
@@ -202,5 +374,18 @@ class OptimalIPM(Optimal):
         high: float = 1024.0,
         points: int = 15,
         refine: int = 8,
+        sketch: int | None = 16384,
+        warm_start: bool = True,
+        seed: int = 0,
     ) -> None:
-        super().__init__(InnerProductManipulation(epsilon), aggregator, low, high, points, refine)
+        super().__init__(
+            InnerProductManipulation(epsilon),
+            aggregator,
+            low,
+            high,
+            points,
+            refine,
+            sketch,
+            warm_start,
+            seed,
+        )
