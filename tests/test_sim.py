@@ -382,3 +382,27 @@ def test_progress_and_dict_config(capsys, monkeypatch):
     res = run_experiment(cfg(rounds=2, eval_every=1).to_dict(), progress=True)
     assert len(res.history) == 2
     assert "round 2/2" in capsys.readouterr().err
+
+
+def test_centered_clipping_starts_from_the_previous_aggregate():
+    c = cfg(aggregator="nnm+centered_clipping", aggregator_params={"tau": 0.5}, attack="alie")
+    sim = Simulation(c)
+    rule = sim.aggregator.rule
+    assert rule.center is None
+    sim.round(1)
+    first = rule.center.clone()
+    # the next round's aggregate is computed from that centre: v0 + mean_i clip(x_i - v0)
+    vectors_seen = []
+    original = sim.aggregator.aggregate
+
+    def spy(x):
+        vectors_seen.append(x.clone())
+        return original(x)
+
+    sim.server.aggregator.aggregate = spy
+    sim.round(2)
+    x = sim.aggregator.pre[0].transform(vectors_seen[0])
+    u = x - first
+    clip = torch.clamp(0.5 / torch.linalg.vector_norm(u, dim=1), max=1.0)
+    expected = first + (u * clip[:, None]).mean(0)
+    torch.testing.assert_close(rule.center, expected, rtol=1e-4, atol=1e-6)

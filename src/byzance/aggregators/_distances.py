@@ -43,7 +43,12 @@ def _centre_index(x: torch.Tensor) -> int:
 def _centred_gram(x: torch.Tensor) -> torch.Tensor:
     """``Xc Xc^T`` with ``Xc = X - x_c`` (c from ``_centre_index``), accumulated in float64 over
     column blocks centred into a small reused buffer (no n x d copy of the input)."""
-    c = _centre_index(x)
+    return centred_gram(x, x[_centre_index(x)])
+
+
+def centred_gram(x: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+    """Gram matrix (float64) of the rows ``x_i - origin``: block products in the input's dtype
+    on centred (hence small) values, accumulated in float64, with one reused block buffer."""
     n, d = x.shape
     step = max(1, min(d, _BLOCK // max(n, 1)))
     buf = torch.empty(n, step, dtype=x.dtype, device=x.device)
@@ -51,7 +56,7 @@ def _centred_gram(x: torch.Tensor) -> torch.Tensor:
     for start in range(0, d, step):  # over column blocks only, never over rows or pairs
         stop = min(d, start + step)
         xb = buf[:, : stop - start]
-        torch.sub(x[:, start:stop], x[c, start:stop], out=xb)
+        torch.sub(x[:, start:stop], origin[start:stop], out=xb)
         g += torch.mm(xb, xb.T).double()
     return g
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from byzance.aggregators._coordinate import coordinate_median
+from byzance.aggregators._distances import centred_gram
 from byzance.aggregators.base import Aggregator, require
-from byzance.aggregators.geometric_median import combine, finite_rows, gram64
+from byzance.aggregators.geometric_median import combine, finite_rows
 
 
 class CenteredClipping(Aggregator):
@@ -19,7 +20,8 @@ class CenteredClipping(Aggregator):
     momentum of the last round; a simulator sets ``cc.center = previous_output`` each round)
     and the coordinate-wise median of the inputs otherwise. The rule does not update
     ``center`` itself. Each iteration works on a float64 Gram matrix of ``x_i - v_0``, so the
-    inputs are read twice whatever the number of iterations.
+    inputs are read twice whatever the number of iterations. The simulator and the Ray engine set
+    ``center`` to the previous round's aggregate, as in the paper.
 
     Non-finite inputs: a vector with a NaN/inf entry contributes 0 (its clipped difference
     ``u * tau / ||u||`` has no finite limit; 0 keeps v unchanged by it); it still counts in the
@@ -48,7 +50,7 @@ class CenteredClipping(Aggregator):
             v0 = coordinate_median(x)
         if not bool(torch.isfinite(v0).all()):
             raise ValueError("CenteredClipping: the starting point (center) is not finite")
-        g = gram64(x, v0)
+        g = centred_gram(x, v0)
         keep = finite_rows(g)
         gk = g[keep][:, keep].cpu()
         c = clip_iterations(gk, n, self.tau, self.iterations)

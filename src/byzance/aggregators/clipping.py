@@ -10,7 +10,8 @@ from byzance.aggregators.base import PreAggregator, require
 class Clipping(PreAggregator):
     """Static clipping: ``x_i <- x_i * min(1, c / ||x_i||_2)``, so every output has norm <= c.
 
-    Norms are computed in float64 (no overflow for huge finite float32 vectors). A vector with
+    Norms are computed in the input dtype, and again in float64 for the rows where that
+    overflows (huge finite vectors are clipped too). A vector with
     a NaN/inf entry has no finite clipped value and is passed on unchanged, for the following
     rule to handle as an outlier. Keeps n vectors; needs c > 0.
     """
@@ -22,7 +23,10 @@ class Clipping(PreAggregator):
         self.c = float(c)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
-        norms = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64)
+        norms = torch.linalg.vector_norm(x, dim=1).double()
+        overflow = torch.isinf(norms) & torch.isfinite(x).all(dim=1)
+        if bool(overflow.any()):  # rare: huge finite rows, recomputed in float64
+            norms[overflow] = torch.linalg.vector_norm(x[overflow], dim=1, dtype=torch.float64)
         scale = torch.clamp(self.c / norms, max=1.0)
         scale = torch.where(torch.isfinite(norms), scale, torch.ones_like(scale))
         return x * scale.to(x.dtype)[:, None]

@@ -4,28 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from byzance.aggregators._coordinate import coordinate_median
+from byzance.aggregators._distances import _centre_index as centre_index
+from byzance.aggregators._distances import centred_gram
 from byzance.aggregators.base import Aggregator, check_f, require
-
-#: coordinates per chunk when accumulating a Gram matrix in float64
-_GRAM_CHUNK = 1 << 15
-
-
-def gram64(x: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
-    """Gram matrix ``Y Y^T`` in float64 of the rows ``y_i = x_i - center`` (center=0 if None).
-
-    Computed chunk by chunk over the coordinates, so no float64 copy of ``x`` is ever held.
-    A row with a non-finite entry gets a non-finite diagonal entry; a finite float32 row
-    (even with entries near 3e38) always has a finite float64 squared norm.
-    """
-    n, d = x.shape
-    g = torch.zeros(n, n, dtype=torch.float64, device=x.device)
-    for j in range(0, d, _GRAM_CHUNK):
-        y = x[:, j : j + _GRAM_CHUNK].to(torch.float64)
-        if center is not None:
-            y = y - center[j : j + _GRAM_CHUNK].to(torch.float64)
-        g.addmm_(y, y.T)
-    return g
 
 
 def finite_rows(g: torch.Tensor) -> torch.Tensor:
@@ -53,8 +34,9 @@ class GeometricMedian(Aggregator):
     ``r = ||sum_{x_i != z} (x_i - z) / ||x_i - z|| ||``, then z is optimal when ``r <= eta``,
     else ``z <- (1 - eta/r) T(z) + (eta/r) z`` with T the Weiszfeld map over the other points.
     z is kept as a combination of the inputs, so every iteration works on the float64 Gram
-    matrix of ``x_i - v0`` only (O(n^2)); the inputs are read twice in total (plus the
-    coordinate-wise median ``v0``, the starting point and centre of the Gram matrix). Stops
+    matrix of ``x_i - v0`` only (O(n^2)); the inputs are read three times in total (norms to
+    pick ``v0``, the finite input of median norm, which is the starting point and the origin of
+    the Gram matrix; the centred Gram matrix; the final combination). Stops
     when an iteration moves z by at most ``tol`` times the mean distance
     ``(1/n) sum_i ||z - x_i||``, or after ``max_iter`` iterations. A point is treated as
     coinciding with z when its distance is at most ``eps`` times the largest distance.
@@ -80,10 +62,10 @@ class GeometricMedian(Aggregator):
         require("GeometricMedian", n > 2 * self.f, "n > 2f", n=n, f=self.f)
 
     def aggregate(self, x: torch.Tensor) -> torch.Tensor:
-        v0 = coordinate_median(x)
+        v0 = x[centre_index(x)]  # a finite input of median norm: start and Gram origin
         if not bool(torch.isfinite(v0).all()):
             v0 = torch.zeros_like(v0)
-        g = gram64(x, v0)
+        g = centred_gram(x, v0)
         keep = finite_rows(g)
         if not bool(keep.any()):
             return torch.full_like(x[0], float("nan"))

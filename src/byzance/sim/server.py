@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from byzance.aggregators.centered_clipping import CenteredClipping
+
 
 def lr_at(schedule: str, lr: float, round_: int, rounds: int) -> float:
     """Learning rate at 1-based round ``round_`` of ``rounds``."""
@@ -66,7 +68,13 @@ class Server:
         return lr_at(self.schedule, self.lr, round_, self.rounds)
 
     def aggregate(self, vectors: torch.Tensor) -> torch.Tensor:
-        return self.aggregator.aggregate(vectors)
+        """The robust aggregate; centered clipping then starts from it next round (as in
+        Karimireddy et al. 2021, where the centre is the previous aggregate)."""
+        out = self.aggregator.aggregate(vectors)
+        rule = getattr(self.aggregator, "rule", self.aggregator)
+        if isinstance(rule, CenteredClipping):
+            rule.center = out
+        return out
 
     def apply(self, aggregate: torch.Tensor, round_: int) -> None:
         """The optimizer step on an already aggregated vector (in place on ``params``)."""
