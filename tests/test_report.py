@@ -153,7 +153,7 @@ def test_heterogeneity_label() -> None:
     assert (
         heterogeneity_label({"heterogeneity": "dirichlet", "alpha": 0.1}) == "dirichlet(alpha=0.1)"
     )
-    assert heterogeneity_label({"heterogeneity": "gamma", "gamma": 0.5}) == "gamma(gamma=0.5)"
+    assert heterogeneity_label({"heterogeneity": "gamma", "gamma": 0.5}) == "gamma=0.5"
     assert heterogeneity_label({"heterogeneity": "iid", "alpha": 0.1}) == "iid"
 
 

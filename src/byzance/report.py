@@ -78,12 +78,12 @@ def _label(key: Key) -> str:
 
 
 def heterogeneity_label(config: dict[str, Any]) -> str:
-    """``iid``, ``dirichlet(alpha=0.1)``, ``gamma(gamma=0.5)`` or ``extreme``."""
+    """``iid``, ``dirichlet(alpha=0.1)``, ``gamma=0.5`` or ``extreme``."""
     kind = config.get("heterogeneity", "iid")
     if kind == "dirichlet":
         return f"dirichlet(alpha={_show(float(config.get('alpha', 1.0)))})"
     if kind == "gamma":
-        return f"gamma(gamma={_show(float(config.get('gamma', 1.0)))})"
+        return f"gamma={_show(float(config.get('gamma', 1.0)))}"
     return str(kind)
 
 
