@@ -183,18 +183,22 @@ def test_optimal_against_average_grows_to_the_largest_scale():
     assert attack.last_scale == pytest.approx(0.1 * 1024)
 
 
-def test_line_search_finds_interior_maximum():
-    from byzance.attacks.optimal import line_search
+def test_golden_section_finds_interior_maximum():
+    from byzance.attacks.optimal import _golden, _Memo
 
     calls = []
 
-    def fn(s: float) -> float:
-        calls.append(s)
-        return -((math.log(s) - math.log(3.3)) ** 2)
+    def fn(t: float) -> float:  # t = log(scale); maximum at scale 3.3
+        calls.append(t)
+        return -((t - math.log(3.3)) ** 2)
 
-    grid = [2.0**k for k in range(-3, 6)]
-    s, _ = line_search(fn, grid, refine=12)
-    assert s == pytest.approx(3.3, rel=0.02)
+    value = _Memo(fn)
+    grid = [k * math.log(2.0) for k in range(-3, 6)]
+    for t in grid:
+        value(t)
+    below, above = value.neighbours(value.best())
+    _golden(value, below, above, 12)
+    assert math.exp(value.best()) == pytest.approx(3.3, rel=0.02)
     assert len(calls) <= len(grid) + 12
 
 

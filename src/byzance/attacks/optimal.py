@@ -30,43 +30,6 @@ def check_aggregator(who: str, aggregator: Any) -> Any:
     return aggregator
 
 
-def line_search(
-    evaluate: Callable[[float], float], grid: list[float], refine: int
-) -> tuple[float, float]:
-    """Maximise ``evaluate`` over positive scales: grid, then golden section in log-scale.
-
-    Evaluates every scale of the (increasing) ``grid``, then runs ``refine`` evaluations of a
-    golden-section search on ``[log grid[k-1], log grid[k+1]]`` around the best grid point
-    ``k``. Returns the best ``(scale, value)`` seen (so never worse than any grid point).
-    """
-    values = [evaluate(s) for s in grid]
-    k = max(range(len(grid)), key=values.__getitem__)
-    best = (grid[k], values[k])
-    if refine <= 0 or len(grid) < 2:
-        return best
-    a = math.log(grid[max(k - 1, 0)])
-    b = math.log(grid[min(k + 1, len(grid) - 1)])
-    seen: dict[float, float] = {}
-
-    def value(t: float) -> float:
-        nonlocal best
-        if t not in seen:
-            seen[t] = evaluate(math.exp(t))
-            if seen[t] > best[1]:
-                best = (math.exp(t), seen[t])
-        return seen[t]
-
-    c, d = b - _GOLDEN * (b - a), a + _GOLDEN * (b - a)
-    while len(seen) < refine:
-        if value(c) >= value(d):
-            b, d = d, c
-            c = b - _GOLDEN * (b - a)
-        else:
-            a, c = c, d
-            d = a + _GOLDEN * (b - a)
-    return best
-
-
 class Probe:
     """Evaluate ``aggregator.aggregate`` without consuming the randomness of the pipeline.
 
