@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from byzance.sim.simulation import Simulation
-from byzance.sim.workers import FlatModel, counter_random
+from byzance.sim.workers import FlatModel, local_positions, poison_seed
 
 
 class SimWorkerCore:
@@ -76,13 +76,12 @@ class SimWorkerCore:
             self.attack = attack
 
     def _batch(self, round_: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pos = torch.arange(self.batch_size)
-        stream = torch.tensor([self.worker], dtype=torch.int64)[:, None]
-        r = counter_random(self.seed, stream, round_, step, pos[None, :])
-        local = r % self.x.shape[0]
+        worker = torch.tensor([self.worker], dtype=torch.int64)
+        size = torch.tensor([self.x.shape[0]])
+        local = local_positions(self.seed, worker, round_, step, self.batch_size, size)
         xs, ys = self.x[local], self.y[local]  # (1, B, ...)
         if self.attack is not None:
-            s = int(counter_random(self.seed, torch.tensor(self.worker), round_, step, 7919))
+            s = poison_seed(self.seed, self.worker, round_, step)
             kwargs: dict[str, Any] = {"generator": torch.Generator().manual_seed(s)}
             if self.poison_takes_params:  # the model's parameter tensors, like the simulator
                 assert self._flat is not None

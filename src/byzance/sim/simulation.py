@@ -53,7 +53,7 @@ from torch import nn
 
 from byzance.sim.config import ExperimentConfig
 from byzance.sim.server import Server
-from byzance.sim.workers import FlatModel, Shards, counter_random
+from byzance.sim.workers import FlatModel, Shards, poison_seed
 
 Record = dict[str, Any]
 
@@ -207,7 +207,7 @@ class Simulation:
         rows = (workers >= self.h).nonzero().flatten().tolist()
         for r in rows:  # the f Byzantine workers only; each with its own generator
             w = int(workers[r])
-            s = int(counter_random(self.config.seed, torch.tensor(w), round_, step, 7919))
+            s = poison_seed(self.config.seed, w, round_, step)
             gen = torch.Generator(device=xs.device).manual_seed(s)
             kwargs: dict[str, Any] = {"generator": gen}
             if self._poison_takes_params:  # e.g. budgeted label flipping: (W, b) of logreg

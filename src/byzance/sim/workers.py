@@ -84,10 +84,29 @@ class Shards:
     ) -> torch.Tensor:
         """(k, batch_size) global indices: the batches of ``workers`` at (round, local step)."""
         workers = workers.to(self.index.device)
-        pos = torch.arange(batch_size, device=self.index.device)
-        r = counter_random(seed, workers[:, None], round_, step, pos[None, :])
-        local = r % self.sizes[workers][:, None]
+        local = local_positions(seed, workers, round_, step, batch_size, self.sizes[workers])
         return self.index[workers[:, None], local]
+
+
+def local_positions(
+    seed: int,
+    workers: torch.Tensor,
+    round_: int,
+    step: int,
+    batch_size: int,
+    shard_sizes: torch.Tensor,
+) -> torch.Tensor:
+    """(k, batch_size) positions inside each worker's shard, sampled with replacement from
+    the counter hash of (seed, worker, round, step, position): the same rows for a worker
+    whether it is computed alone (Ray actor) or with all others (simulator)."""
+    pos = torch.arange(batch_size, device=workers.device)
+    r = counter_random(seed, workers[:, None], round_, step, pos[None, :])
+    return r % shard_sizes.to(workers.device)[:, None]
+
+
+def poison_seed(seed: int, worker: int, round_: int, step: int) -> int:
+    """Seed of the generator a data-poisoning worker uses at (round, local step)."""
+    return int(counter_random(seed, torch.tensor(worker), round_, step, 7919))
 
 
 class FlatModel:
