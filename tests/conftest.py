@@ -18,8 +18,12 @@ settings.register_profile(
 )
 settings.load_profile("byzance")
 
-#: ../shared/datasets relative to the repository root (what CI and developers have)
-SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+#: ../shared/datasets relative to the repository root (what CI and developers have), unless
+#: BYZANCE_DATA_DIR points elsewhere (e.g. a copy carried to a GPU machine)
+SHARED_DATASETS = Path(
+    os.environ.get("BYZANCE_DATA_DIR")
+    or Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+)
 os.environ.setdefault("BYZANCE_DATA_DIR", str(SHARED_DATASETS))
 # verification stamps of the tests go to a throw-away folder, not the user's cache
 os.environ.setdefault("BYZANCE_CACHE_DIR", str(Path(tempfile.gettempdir()) / "byzance-test-cache"))
