@@ -530,3 +530,75 @@ def test_optimal_warm_start_uses_fewer_evaluations_and_reset_restarts_cold():
     assert len(calls) == cold
     with pytest.raises(ValueError, match="sketch >= 0"):
         atk.OptimalALIE(aggregator=rule, sketch=-1)
+
+
+# --- Optimal with a sketch: exact geometry of the full vectors ------------------------------
+
+
+def test_line_gram_gives_the_gram_of_the_materialised_candidates():
+    from byzance.aggregators._distances import ExactGram, sq_distances, sq_distances_from_gram
+    from byzance.attacks.optimal import Probe, _Rows, line_gram
+
+    f, honest = 3, cloud(9, 500, dtype=torch.float32)
+    anchor, direction = atk.ALittleIsEnough().line(honest, f)
+    mean = honest.mean(0)
+    rows = _Rows(Probe(agg.Average()), honest, mean, anchor, direction, f,
+                 line_gram(honest, mean, anchor, direction))
+    for s in (0.0, 0.7, 3.0, 50.0):
+        x = torch.cat([honest, (anchor + s * direction).expand(f, -1)]).double()
+        g = rows.gram(s)
+        want = ExactGram.of(x)
+        assert torch.allclose(g.sq_norms(), want.sq_norms(), rtol=1e-5)
+        d2 = sq_distances_from_gram(*g.centred())
+        assert torch.allclose(d2, sq_distances(x)[0], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", ["nnm+trimmed_mean", "krum", "clipping(c=1.0)+nnm+median"])
+def test_optimal_sketch_uses_exact_geometry_and_no_full_aggregation_on_a_clear_gain(spec):
+    calls = []
+    rule = agg.create(spec, f=2)
+    inner = rule.rule if isinstance(rule, agg.Chain) else rule
+    original = type(inner).aggregate
+
+    def spy(self, x, *args, **kwargs):
+        calls.append((x.shape[1], "gram" in kwargs))
+        return original(self, x, *args, **kwargs)
+
+    inner.aggregate = spy.__get__(inner)
+    honest = cloud(9, 20000, seed=3)
+    attack = atk.OptimalALIE(aggregator=rule, sketch=2048)
+    byz = attack(honest, 2)
+    inner.aggregate = original.__get__(inner)
+    sketched = [g for k, g in calls if k == 2048]
+    assert sketched and (all(sketched) or isinstance(rule, agg.Chain))
+    full = sum(1 for k, _ in calls if k == 20000)
+    assert full in (0, 2)
+    assert damage(rule, honest, byz) >= damage(rule, honest, atk.ALittleIsEnough()(honest, 2))
+
+
+def test_optimal_sketch_works_with_a_pipeline_without_gram_support():
+    class MyKrum(agg.Aggregator):  # a user rule: its own distances, no gram keyword
+        def aggregate(self, x):
+            d2 = torch.cdist(x, x).square()
+            return x[int(torch.argmin(torch.sort(d2, dim=1).values[:, 1:8].sum(1)))].clone()
+
+    class MyPre(agg.PreAggregator):
+        def transform(self, x):
+            return x * 1.0
+
+    honest = cloud(9, 5000, seed=4)
+    nnm = agg.NNM(2)
+    pipelines = (MyKrum(), agg.Chain(MyPre(), nnm, MyKrum()), agg.Chain(nnm, MyKrum()))
+    for rule in pipelines:
+        attack = atk.OptimalALIE(aggregator=rule, sketch=512)
+        byz = attack(honest, 2)
+        assert byz.shape == (2, 5000) and bool(torch.isfinite(byz).all())
+
+
+def test_optimal_sketch_falls_back_on_non_finite_honest_vectors():
+    honest = cloud(9, 3000, seed=5)
+    honest[4, 7] = float("nan")
+    rule = agg.create("nnm+trimmed_mean", f=2)
+    attack = atk.OptimalALIE(aggregator=rule, sketch=256)
+    byz = attack(honest, 2)
+    assert byz.shape == (2, 3000) and attack.last_scale is not None

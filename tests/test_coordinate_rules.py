@@ -201,3 +201,56 @@ def test_registry_names():
     assert isinstance(bz.aggregators.create("cwtm", f=1), TrimmedMean)
     assert isinstance(bz.aggregators.create("meamed", f=1), Meamed)
     assert isinstance(bz.aggregators.create("sign_majority"), SignMajority)
+
+
+@SETTINGS
+@given(n=st.integers(1, 25), d=st.integers(1, 30), seed=st.integers(0, 10**6), data=st.data())
+def test_closest_to_median_mean_any_k_against_brute_force(n, d, seed, data):
+    # Bulyan averages k = n - 4f values, fewer than half of them: windows then share no row
+    g = np.random.default_rng(seed)
+    x = g.integers(-3, 4, size=(n, d)).astype(np.float64)  # many ties
+    k = data.draw(st.integers(1, n))
+    want = ref_meamed(x, n - k)
+    for enabled in (True, False):
+        C._kernel_enabled = enabled
+        try:
+            got = C.closest_to_median_mean(torch.from_numpy(x), k).numpy()
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+        finally:
+            C._kernel_enabled = True
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("n", [2, 3, 5, 12, 13, 33])
+def test_kernel_blocks_small_n_and_non_finite_rows(n, dtype):
+    # several full blocks of lanes plus a partial one; whole rows of NaN / +inf / -inf
+    if C.numba is None:
+        pytest.skip("numba not installed")
+    d = 3 * C._LANES + 37
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, d, generator=g, dtype=dtype)
+    x[0] = float("nan")
+    if n > 2:
+        x[n - 1, : d // 2] = float("inf")
+        x[n - 1, d // 2 :] = float("-inf")
+    x[n // 2, ::3] = float("nan")
+    ref = x.numpy().astype(np.float64)
+    assert C._use_kernel(x)
+    assert np.array_equal(C.coordinate_median(x).numpy(), ref_median(ref).astype(x.numpy().dtype))
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    for f in range((n - 1) // 2 + 1):
+        if f > 0:  # f = 0 is the plain mean (NaN propagates), not a kernel call
+            got = C.coordinate_trimmed_mean(x, f).numpy()
+            want = ref_trimmed(ref, f)
+            fin = np.isfinite(want)
+            assert np.array_equal(np.isfinite(got), fin)
+            np.testing.assert_allclose(got[fin], want[fin], rtol=rtol, atol=rtol)
+            assert np.array_equal(got[~fin], want[~fin])  # +-inf where the reference has them
+        k = n - f
+        C._kernel_enabled = False
+        try:
+            slow = C.closest_to_median_mean(x, k).numpy()
+        finally:
+            C._kernel_enabled = True
+        fast = C.closest_to_median_mean(x, k).numpy()
+        np.testing.assert_allclose(fast, slow, rtol=rtol, atol=rtol)

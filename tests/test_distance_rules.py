@@ -572,3 +572,135 @@ def test_registry_names_and_create():
     agg.check(5)
     with pytest.raises(ValueError, match="ARC requires n > 2f"):
         agg.check(4)
+
+
+# --- exact geometry given from outside (ExactGram) -------------------------------------------
+
+GRAM_RULES = [
+    lambda: Krum(2),
+    lambda: MultiKrum(2),
+    lambda: Bulyan(1),
+    lambda: MultiBulyan(1),
+    lambda: MDA(2),
+    lambda: CAF(2),
+    lambda: SMEA(2),
+    lambda: MoNNA(2, reference=3),
+    lambda: bz.aggregators.GeometricMedian(2),
+    lambda: bz.aggregators.create("nnm+trimmed_mean", f=2),
+    lambda: bz.aggregators.create("bucketing(s=2)+krum", f=1),
+    lambda: bz.aggregators.create("clipping(c=3.0)+nnm+krum", f=2),
+    lambda: bz.aggregators.create("arc+multikrum", f=2),
+]
+
+
+@pytest.mark.parametrize("make", GRAM_RULES)
+def test_exact_gram_of_the_rows_gives_the_same_result(make):
+    # the geometry computed apart (ExactGram.of) is the one the rule would compute itself
+    x = data(3, 12, 50) + 2.0
+    x[5] *= 4
+    rule = make()
+    for step in getattr(rule, "steps", (rule,)):
+        if hasattr(step, "reset"):
+            step.reset()
+    want = rule.aggregate(x)
+    for step in getattr(rule, "steps", (rule,)):
+        if hasattr(step, "reset"):
+            step.reset()
+    got = bz.aggregators.base.apply_rule(rule, x, D.ExactGram.of(x))
+    assert torch.allclose(got, want, atol=1e-10)
+
+
+def _sketch(x: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = torch.randint(x.shape[1], (k,), generator=torch.Generator().manual_seed(seed))
+    return idx, x[:, idx] * math.sqrt(x.shape[1] / k)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_exact_gram_on_a_sketch_is_the_sketch_of_the_full_evaluation(seed):
+    # the sketch's own distances would pick other neighbours; with the exact geometry the
+    # selection is the full one, so the output is the sketch of the full output
+    x = data(seed, 12, 4000) * torch.linspace(0.2, 3, 4000, dtype=torch.float64)
+    x[10:] = x[:10].mean(0) - 0.3 * x[:10].std(0)  # two identical Byzantine rows
+    idx, xs = _sketch(x, 40, seed)
+    c = math.sqrt(x.shape[1] / 40)
+    g = D.ExactGram.of(x)
+    nnm = NNM(2)
+    assert torch.equal(nnm.neighbours(xs, g), nnm.neighbours(x))
+    chain = bz.aggregators.create("nnm+trimmed_mean", f=2)
+    assert torch.allclose(chain.aggregate(xs, gram=g), chain.aggregate(x)[idx] * c, atol=1e-9)
+    krum = Krum(2)
+    assert int(torch.argmin(krum.scores(xs, g))) == int(torch.argmin(krum.scores(x)))
+    assert torch.equal(krum.aggregate(xs, gram=g), xs[int(torch.argmin(krum.scores(x)))])
+    y = Bulyan(2).select(x)
+    assert torch.allclose(Bulyan(2).select(xs, g), y[:, idx] * c, atol=1e-9)
+
+
+def _brute_gram(y: torch.Tensor) -> torch.Tensor:
+    return D.sq_distances(y)[0], torch.linalg.vector_norm(y, dim=1).square()
+
+
+@pytest.mark.parametrize(
+    "step",
+    [NNM(3), bz.aggregators.Bucketing(s=3, seed=5), bz.aggregators.Clipping(c=4.0), ARC(3)],
+    ids=repr,
+)
+def test_pre_aggregators_pass_on_the_exact_gram(step):
+    # G_Y of the output rows equals W G W^T computed by brute force from the output itself
+    x = data(7, 11, 30) + 1.0
+    x[2] *= 6
+    g = D.ExactGram.of(x)
+    state = getattr(step, "_generator", None)
+    state = state.get_state() if state is not None else None
+    y, gy = step.transform_with_gram(x, g)
+    if state is not None:
+        step._generator.set_state(state)
+    assert torch.allclose(y, step.transform(x), rtol=1e-12, atol=0)  # norms: from g or from x
+    assert gy is not None and gy.n == y.shape[0]
+    d2, norms = _brute_gram(y)
+    assert torch.allclose(gy.sq_norms(), norms, rtol=1e-10)
+    assert torch.allclose(D.sq_distances_from_gram(*gy.centred()), d2, rtol=1e-9, atol=1e-9)
+
+
+def test_chain_propagates_the_gram_and_drops_it_after_an_unaware_step():
+    class Shift(bz.aggregators.PreAggregator):  # user step without Gram support
+        def transform(self, x):
+            return x + 1.0
+
+    class MyNNM(NNM):  # overrides transform only: its own transform is used
+        def transform(self, x):
+            return super().transform(x) * 2.0
+
+    x = data(2, 9, 20)
+    g = D.ExactGram.of(x)
+    chain = bz.aggregators.Chain(NNM(2), bz.aggregators.Bucketing(s=2), Krum(1))
+    y, gy = chain.transform_with_gram(x, g)
+    d2, norms = _brute_gram(y)
+    assert torch.allclose(D.sq_distances_from_gram(*gy.centred()), d2, rtol=1e-9, atol=1e-9)
+    assert torch.allclose(gy.sq_norms(), norms, rtol=1e-10)
+    for chain in (
+        bz.aggregators.Chain(Shift(), NNM(2), Krum(1)),
+        bz.aggregators.Chain(MyNNM(2), Krum(1)),
+    ):
+        y, gy = chain.transform_with_gram(x, g)
+        assert gy is None and torch.equal(y, chain.transform(x))
+        assert torch.equal(chain.aggregate(x, gram=g), chain.aggregate(x))
+
+
+def test_exact_gram_bad_rows():
+    x = data(4, 8, 10)
+    x[1, 3] = float("nan")
+    g = D.ExactGram.of(x)
+    assert g.bad().tolist() == [i == 1 for i in range(8)]
+    nb = NNM(2).neighbours(x, g)
+    assert not bool((nb == 1).any())
+    w = torch.zeros(2, 8, dtype=torch.float64)
+    w[0, :2] = 0.5  # uses the bad row -> bad
+    w[1, 2:4] = 0.5
+    assert g.linear(w).bad().tolist() == [True, False]
+    # a row non-finite in the (sketched) input but not in the geometry is bad too
+    xs = data(4, 8, 10)
+    xs[6, 0] = float("inf")
+    _, bad = D.gram(xs, D.ExactGram.of(data(4, 8, 10)))
+    assert bad.tolist() == [i == 6 for i in range(8)]
+    with pytest.raises(ValueError, match="describes 8 rows"):
+        D.gram(data(4, 7, 10), g)

@@ -11,6 +11,12 @@ cost of one product). Distances are translation invariant, so the origin does no
 Non-finite inputs. A row is *bad* if it has a non-finite entry or if its squared norm (after
 centring) overflows. Bad rows get distance ``+inf`` to every row, themselves included, so they
 rank last everywhere and are never selected while enough good rows exist.
+
+Exact geometry from outside (``ExactGram``). A caller that knows the exact Gram matrix of the
+rows, while the rows it passes are only a sketch of them (e.g. ``Optimal`` evaluating candidates
+on a few coordinates), gives it as ``gram=`` to ``gram``/``sq_distances`` (and through them to
+the rules, see ``aggregators.base.apply_rule``): the pairwise geometry then comes from it and
+not from the rows; rows that are bad for it, or non-finite in the sketch, are bad.
 """
 
 from __future__ import annotations
@@ -81,7 +87,85 @@ def _cancellation_risk(g: torch.Tensor, bad: torch.Tensor, eps: float) -> bool:
     return err > _TOL * scale
 
 
-def gram(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+class ExactGram:
+    """The exact geometry of the n rows ``x_1..x_n`` of an input, known apart from its values.
+
+    Holds ``a``, the float64 (n + 1, n + 1) Gram matrix of ``[x_1 - o, ..., x_n - o, o]`` for
+    some origin ``o`` (ideally near the rows, so that the centred products do not cancel):
+    ``a[:n, :n]`` gives the distances (translation invariant), the last row and column the
+    true norms (``||x_i||^2 = a_ii + 2 a_in + a_nn``). Row maps ``y = L x`` (mixing,
+    averaging, scaling) transform it exactly, ``y_i - o = (L (x - o))_i + ((L 1)_i - 1) o``, so
+    pre-aggregators pass it on (``linear``). A row whose diagonal entry is not finite is bad.
+    """
+
+    def __init__(self, a: torch.Tensor) -> None:
+        if a.dim() != 2 or a.shape[0] != a.shape[1] or a.shape[0] < 1:
+            raise ValueError(f"ExactGram needs an (n + 1, n + 1) matrix, got {tuple(a.shape)}")
+        self.a = a.to(torch.float64)
+
+    @classmethod
+    def of(cls, x: torch.Tensor, origin: torch.Tensor | None = None) -> ExactGram:
+        """Computed from the rows of ``x`` (origin: ``origin``, by default the row of median
+        norm), each product over centred values, accumulated in float64."""
+        if origin is None:
+            origin = x[_centre_index(x)]
+            if not bool(torch.isfinite(origin).all()):
+                origin = torch.zeros_like(origin)
+        rows = torch.cat([x, (2 * origin)[None]])  # last row centred on origin: origin itself
+        return cls(centred_gram(rows, origin))
+
+    @property
+    def n(self) -> int:
+        return self.a.shape[0] - 1
+
+    def check(self, n: int) -> None:
+        if self.n != n:
+            raise ValueError(f"ExactGram describes {self.n} rows, the input has {n}")
+
+    def bad(self) -> torch.Tensor:
+        """(n,) bool: the rows whose squared norm (about the origin) is not finite."""
+        return ~torch.isfinite(torch.diagonal(self.a)[: self.n])
+
+    def centred(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(G, bad)`` as ``gram`` returns them: G about the origin, bad rows zeroed."""
+        n = self.n
+        g = self.a[:n, :n]
+        bad = self.bad()
+        if bool(bad.any()):
+            g = torch.where(bad[:, None] | bad[None, :], torch.zeros_like(g), g)
+        return (g + g.T) / 2, bad
+
+    def sq_norms(self) -> torch.Tensor:
+        """(n,) float64 squared norms ``||x_i||^2`` (non-finite for bad rows)."""
+        n = self.n
+        return torch.diagonal(self.a)[:n] + 2 * self.a[:n, n] + self.a[n, n]
+
+    def linear(self, w: torch.Tensor) -> ExactGram:
+        """The geometry of ``y = w x`` for an (m, n) matrix ``w``: ``M a M^T`` with
+        ``M = [[w, w 1 - 1], [0, 1]]``. As in ``weighted_rows``, an output row that puts weight
+        on a bad row is bad; bad rows with zero weight do not matter."""
+        n = self.n
+        w = w.to(device=self.a.device, dtype=torch.float64)
+        m = w.shape[0]
+        bad = self.bad()
+        a = self.a
+        if bool(bad.any()):
+            drop = torch.cat([bad, bad.new_zeros(1)])
+            a = torch.where(drop[:, None] | drop[None, :], torch.zeros_like(a), a)
+        lift = torch.zeros(m + 1, n + 1, dtype=torch.float64, device=a.device)
+        lift[:m, :n] = w
+        lift[:m, n] = w.sum(dim=1) - 1
+        lift[m, n] = 1
+        out = lift @ a @ lift.T
+        hit = ((w != 0) & bad[None, :]).any(dim=1)
+        if bool(hit.any()):
+            mark = torch.cat([hit, hit.new_zeros(1)])
+            out = torch.where(mark[:, None] | mark[None, :], torch.zeros_like(out), out)
+            out[:m][hit, torch.nonzero(hit).flatten()] = INF
+        return ExactGram(out)
+
+
+def gram(x: torch.Tensor, exact: ExactGram | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(G, bad)``: a float64 Gram matrix of the rows (up to a common origin) and the
     bad-row mask.
 
@@ -92,7 +176,21 @@ def gram(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     median norm) and G is recomputed from the centred rows. Distances do not depend on o.
     Rows and columns of bad rows are set to 0; ``bad`` is an (n,) bool tensor: the row has a
     non-finite entry or its squared norm overflows.
+
+    With ``exact`` (an ``ExactGram`` of the n rows), G and bad come from it instead (a row
+    with a non-finite entry in ``x``, or a non-finite row sum, is bad too), and ``x`` is not
+    read but for that check.
     """
+    if exact is not None:
+        exact.check(x.shape[0])
+        g, bad = exact.centred()
+        # a non-finite entry makes the row sum non-finite (so does a float overflow of the
+        # sum, which implies one of the squared norm): one cheap pass over the sketch
+        odd = ~torch.isfinite(x.sum(dim=1)).to(g.device)
+        if bool((odd & ~bad).any()):
+            bad = bad | odd
+            g = torch.where(bad[:, None] | bad[None, :], torch.zeros_like(g), g)
+        return g, bad
     g = torch.mm(x, x.T).double()
     bad = ~torch.isfinite(torch.diagonal(g))
     if _cancellation_risk(g, bad, torch.finfo(x.dtype).eps):
@@ -132,9 +230,12 @@ def sq_distances_from_gram(g: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
     return d2
 
 
-def sq_distances(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pairwise squared Euclidean distances of the rows of ``x`` (float64, (n, n)) and ``bad``."""
-    g, bad = gram(x)
+def sq_distances(
+    x: torch.Tensor, exact: ExactGram | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairwise squared Euclidean distances of the rows of ``x`` (float64, (n, n)) and ``bad``
+    (from ``exact`` when given, see ``gram``)."""
+    g, bad = gram(x, exact)
     return sq_distances_from_gram(g, bad), bad
 
 
@@ -183,12 +284,19 @@ def lowest(scores: torch.Tensor, m: int) -> torch.Tensor:
     return torch.sort(order).values
 
 
+def selection_weights(
+    idx: torch.Tensor, n: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """The (r, n) matrix averaging, in row r, the rows ``idx[r, :]`` of an (n, d) input."""
+    r, k = idx.shape
+    w = torch.zeros(r, n, dtype=dtype, device=device)
+    w.scatter_(1, idx, 1.0 / k)
+    return w
+
+
 def mean_rows(x: torch.Tensor, idx: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
     """``out[r] = mean_j x[idx[r, j]]`` for an (r, k) index tensor (see ``weighted_rows``)."""
-    r, k = idx.shape
-    w = torch.zeros(r, x.shape[0], dtype=x.dtype, device=x.device)
-    w.scatter_(1, idx, 1.0 / k)
-    return weighted_rows(x, w, bad)
+    return weighted_rows(x, selection_weights(idx, x.shape[0], x.dtype, x.device), bad)
 
 
 def weighted_rows(x: torch.Tensor, w: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:

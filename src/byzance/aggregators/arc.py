@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from byzance.aggregators._distances import ExactGram
 from byzance.aggregators.base import PreAggregator, check_f, require
 
 INF = float("inf")
@@ -26,7 +27,8 @@ class ARC(PreAggregator):
     Outputs n vectors. Requires :math:`n > 2f` (k < n then). Inputs with a non-finite entry
     rank as largest and, having no usable direction, are replaced by the zero
     vector. Norms that overflow are recomputed
-    with rescaling.
+    with rescaling. With an exact geometry of the inputs (``transform_with_gram``) the norms
+    come from it (non-finite there: a non-finite input), and it is passed on (``D G D``).
     """
 
     name = "arc"
@@ -42,13 +44,25 @@ class ARC(PreAggregator):
         return math.floor(2 * self.f * (n - self.f) / n)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
+        return self.transform_with_gram(x, None)[0]
+
+    def transform_with_gram(
+        self, x: torch.Tensor, gram: ExactGram | None
+    ) -> tuple[torch.Tensor, ExactGram | None]:
         n = x.shape[0]
         k = self.num_clipped(n)
         if k == 0:
-            return x.clone()
-        norms = torch.linalg.vector_norm(x, dim=1).double()
-        odd = ~torch.isfinite(norms)
-        finite = torch.ones(n, dtype=torch.bool, device=x.device)
+            return x.clone(), gram
+        if gram is not None:
+            gram.check(n)
+            norms = gram.sq_norms().clamp_min(0).sqrt().to(x.device)
+            finite = torch.isfinite(norms) & torch.isfinite(x).all(dim=1)
+            norms = torch.where(finite, norms, torch.full_like(norms, INF))
+            odd = torch.zeros(n, dtype=torch.bool, device=x.device)
+        else:
+            norms = torch.linalg.vector_norm(x, dim=1).double()
+            odd = ~torch.isfinite(norms)
+            finite = torch.ones(n, dtype=torch.bool, device=x.device)
         if bool(odd.any()):  # overflow or non-finite entries: rescale those rows only
             rows = torch.nonzero(odd).flatten()
             sub = x[rows].double()
@@ -63,4 +77,6 @@ class ARC(PreAggregator):
         factor[top] = torch.where(norms[top] > c, c / norms[top], 1.0)
         if not bool(finite.all()):
             x = torch.where(finite[:, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
-        return x * factor.to(x.dtype)[:, None]
+            factor = torch.where(finite, factor, torch.zeros_like(factor))
+        y = x * factor.to(x.dtype)[:, None]
+        return y, (None if gram is None else gram.linear(torch.diag(factor)))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import torch
 
 from byzance._tensor import as_matrix
+from byzance.aggregators._distances import ExactGram
 
 
 def check_f(who: str, f: int) -> int:
@@ -30,6 +33,11 @@ class Aggregator:
 
     Subclasses set hyper-parameters in ``__init__``, implement ``aggregate`` on an (n, d)
     floating tensor (never writing into it) and ``check`` for the condition on n.
+
+    Exact geometry: a rule whose ``aggregate`` takes a keyword ``gram`` (an ``ExactGram`` of
+    the rows, or None) takes its pairwise distances / norms from it instead of from ``x``,
+    e.g. when ``x`` is a sketch of the real vectors on a few coordinates (see ``apply_rule``).
+    Rules without that keyword (coordinate-wise rules, user subclasses) simply work on ``x``.
     """
 
     #: registry name, e.g. ``"krum"``
@@ -73,6 +81,58 @@ class PreAggregator:
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def transform_with_gram(
+        self, x: torch.Tensor, gram: ExactGram | None
+    ) -> tuple[torch.Tensor, ExactGram | None]:
+        """``transform(x)`` using, and passing on, the exact geometry ``gram`` of the rows.
+
+        Returns the m output vectors and the ``ExactGram`` of them, or None where the step
+        cannot transform it (the following steps then compute their geometry from their
+        input). The default ignores ``gram`` and returns None. Steps that are row maps
+        ``y = L x`` (NNM, Bucketing, Clipping, ARC) override it (``gram.linear(L)``).
+        """
+        return self.transform(x), None
+
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({params})"
+
+
+def _defines(cls: type, name: str) -> type | None:
+    """The class of ``cls``'s MRO that defines ``name`` (None if none)."""
+    return next((k for k in cls.__mro__ if name in vars(k)), None)
+
+
+@functools.lru_cache(maxsize=256)
+def _rule_takes_gram(cls: type) -> bool:
+    fn = getattr(cls, "aggregate", None)
+    try:
+        return fn is not None and "gram" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return False
+
+
+@functools.lru_cache(maxsize=256)
+def _pre_takes_gram(cls: type) -> bool:
+    # the most derived definition of transform / transform_with_gram must be the latter (a
+    # subclass overriding only transform has its own transform used, without the geometry)
+    owner = _defines(cls, "transform_with_gram")
+    plain = _defines(cls, "transform")
+    return owner is not None and (plain is None or issubclass(owner, plain))
+
+
+def apply_rule(rule: Any, x: torch.Tensor, gram: ExactGram | None = None) -> torch.Tensor:
+    """``rule.aggregate(x)``, passing ``gram=`` when given and the rule's ``aggregate`` takes
+    it (any object with an ``aggregate(x)`` method is accepted)."""
+    if gram is not None and _rule_takes_gram(type(rule)):
+        return rule.aggregate(x, gram=gram)
+    return rule.aggregate(x)
+
+
+def apply_pre(
+    step: Any, x: torch.Tensor, gram: ExactGram | None = None
+) -> tuple[torch.Tensor, ExactGram | None]:
+    """``(step.transform(x), geometry of the output or None)`` (see ``transform_with_gram``)."""
+    if gram is not None and _pre_takes_gram(type(step)):
+        return step.transform_with_gram(x, gram)
+    return step.transform(x), None

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from byzance.aggregators._distances import ExactGram
 from byzance.aggregators.base import PreAggregator, require
 
 
@@ -19,6 +20,7 @@ class Bucketing(PreAggregator):
     The permutation comes from a ``torch.Generator`` seeded with ``seed`` kept in the object:
     the sequence of permutations is reproducible and each call draws a new one
     (``reset()`` restarts it). A non-finite input only affects its own bucket. Needs s >= 1.
+    An exact geometry of the inputs is passed on as ``W G W^T`` (W: the bucket averages).
     """
 
     name = "bucketing"
@@ -36,6 +38,11 @@ class Bucketing(PreAggregator):
         return math.ceil(n / self.s)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
+        return self.transform_with_gram(x, None)[0]
+
+    def transform_with_gram(
+        self, x: torch.Tensor, gram: ExactGram | None
+    ) -> tuple[torch.Tensor, ExactGram | None]:
         n = x.shape[0]
         m = self.output_size(n)
         perm = torch.randperm(n, generator=self._generator)
@@ -45,4 +52,9 @@ class Bucketing(PreAggregator):
         bucket = bucket.to(x.device)
         out = torch.zeros(m, x.shape[1], dtype=x.dtype, device=x.device)
         out.index_add_(0, bucket, x)
-        return out / counts.to(x.device)[:, None]
+        out = out / counts.to(x.device)[:, None]
+        if gram is None:
+            return out, None
+        w = torch.zeros(m, n, dtype=torch.float64)
+        w[bucket.cpu(), torch.arange(n)] = 1.0
+        return out, gram.linear(w / w.sum(dim=1, keepdim=True))

@@ -6,6 +6,7 @@ import torch
 
 from byzance.aggregators import _coordinate
 from byzance.aggregators._distances import (
+    ExactGram,
     argmin_active,
     krum_scores,
     sq_distances,
@@ -72,17 +73,17 @@ class Bulyan(Aggregator):
     def check(self, n: int) -> None:
         require(type(self).__name__, n >= 4 * self.f + 3, "n >= 4f + 3", n=n, f=self.f)
 
-    def select(self, x: torch.Tensor) -> torch.Tensor:
-        """The (theta, d) selected vectors (phase 1)."""
+    def select(self, x: torch.Tensor, gram: ExactGram | None = None) -> torch.Tensor:
+        """The (theta, d) selected vectors (phase 1; distances from ``gram`` when given)."""
         n = x.shape[0]
-        d2, bad = sq_distances(x)
+        d2, bad = sq_distances(x, gram)
         chosen, w = iterated_krum(d2, self.f, n - 2 * self.f, self._multi)
         if not self._multi:
             return x[torch.tensor(chosen, device=x.device)]
         return weighted_rows(x, w, bad)
 
-    def aggregate(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.select(x)
+    def aggregate(self, x: torch.Tensor, gram: ExactGram | None = None) -> torch.Tensor:
+        y = self.select(x, gram)
         beta = y.shape[0] - 2 * self.f
         return _coordinate.closest_to_median_mean(y, beta)
 

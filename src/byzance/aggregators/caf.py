@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from byzance.aggregators._distances import gram, weighted_rows
+from byzance.aggregators._distances import ExactGram, weighted_rows
+from byzance.aggregators._distances import gram as gram_matrix
 from byzance.aggregators.base import Aggregator, check_f, require
 
 
@@ -75,10 +76,10 @@ class CAF(Aggregator):
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
         """The (n,) float64 weights of the output mean."""
-        g, bad = gram(x)
+        g, bad = gram_matrix(x)
         return caf_weights(g, bad, self.f)
 
-    def aggregate(self, x: torch.Tensor) -> torch.Tensor:
-        g, bad = gram(x)
+    def aggregate(self, x: torch.Tensor, gram: ExactGram | None = None) -> torch.Tensor:
+        g, bad = gram_matrix(x, gram)
         w = caf_weights(g, bad, self.f)
         return weighted_rows(x, w[None, :], bad)[0]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from byzance.aggregators.base import Aggregator, PreAggregator
+from byzance.aggregators._distances import ExactGram
+from byzance.aggregators.base import Aggregator, PreAggregator, apply_pre, apply_rule
 
 
 class Chain(Aggregator):
@@ -12,6 +13,10 @@ class Chain(Aggregator):
 
     The condition of each step is checked on the number of vectors it actually receives,
     e.g. ``Chain(Bucketing(s=2), Krum(f=1))`` on n=10 checks Krum on 5 buckets.
+
+    ``aggregate(x, gram=...)`` propagates an exact geometry of the rows (``ExactGram``)
+    through the pre-aggregators that transform it (``transform_with_gram``) to the rule; after
+    a step that cannot, the following steps compute theirs from their input.
     """
 
     name = "chain"
@@ -46,8 +51,22 @@ class Chain(Aggregator):
             x = step.transform(x)
         return x
 
-    def aggregate(self, x: torch.Tensor) -> torch.Tensor:
-        return self.rule.aggregate(self.transform(x))
+    def transform_with_gram(
+        self, x: torch.Tensor, gram: ExactGram | None
+    ) -> tuple[torch.Tensor, ExactGram | None]:
+        """The pre-aggregated vectors and their exact geometry (None once it is lost)."""
+        for step in self.pre:
+            if gram is None:
+                x = step.transform(x)
+            else:
+                x, gram = apply_pre(step, x, gram)
+        return x, gram
+
+    def aggregate(self, x: torch.Tensor, gram: ExactGram | None = None) -> torch.Tensor:
+        if gram is None:
+            return self.rule.aggregate(self.transform(x))
+        y, gram = self.transform_with_gram(x, gram)
+        return apply_rule(self.rule, y, gram)
 
     def __repr__(self) -> str:
         return f"Chain({', '.join(map(repr, self.steps))})"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from byzance.aggregators._distances import ExactGram, centred_gram
 from byzance.aggregators._distances import _centre_index as centre_index
-from byzance.aggregators._distances import centred_gram
 from byzance.aggregators.base import Aggregator, check_f, require
 
 
@@ -45,6 +45,9 @@ class GeometricMedian(Aggregator):
     infinite, so no finite z is preferred by it); finite huge vectors are kept and only pull
     z by a bounded amount, as in exact arithmetic. With ``f`` given, requires n > 2f (the
     breakdown point is 1/2); the default f=0 only requires n >= 1.
+
+    ``gram`` (an ``ExactGram`` of the inputs): ``v0`` and the Gram matrix come from it (the
+    norms and inner products of the real vectors) and only the final combination reads ``x``.
     """
 
     name = "geometric_median"
@@ -61,16 +64,42 @@ class GeometricMedian(Aggregator):
     def check(self, n: int) -> None:
         require("GeometricMedian", n > 2 * self.f, "n > 2f", n=n, f=self.f)
 
-    def aggregate(self, x: torch.Tensor) -> torch.Tensor:
-        v0 = x[centre_index(x)]  # a finite input of median norm: start and Gram origin
-        if not bool(torch.isfinite(v0).all()):
-            v0 = torch.zeros_like(v0)
-        g = centred_gram(x, v0)
+    def aggregate(self, x: torch.Tensor, gram: ExactGram | None = None) -> torch.Tensor:
+        if gram is None:
+            v0 = x[centre_index(x)]  # a finite input of median norm: start and Gram origin
+            if not bool(torch.isfinite(v0).all()):
+                v0 = torch.zeros_like(v0)
+            g = centred_gram(x, v0)
+        else:
+            v0, g = _from_exact(x, gram)
         keep = finite_rows(g)
         if not bool(keep.any()):
             return torch.full_like(x[0], float("nan"))
         a = weiszfeld(g[keep][:, keep].cpu(), self.tol, self.max_iter, self.eps)
         return v0 * (1 - float(a.sum())) + combine(x, a, keep)  # v0 + sum_i a_i (x_i - v0)
+
+
+def _from_exact(x: torch.Tensor, gram: ExactGram) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(v0, G)`` as ``aggregate`` computes them, from an exact geometry of the rows: v0 the
+    good row of median norm (zero if none), G the Gram matrix of the rows centred on it."""
+    gram.check(x.shape[0])
+    a, bad = gram.centred()
+    bad = bad | ~torch.isfinite(x).all(dim=1).to(a.device)
+    norms = gram.sq_norms()
+    good = torch.nonzero(~bad & torch.isfinite(norms)).flatten()
+    if len(good) == 0:
+        v0, r = torch.zeros_like(x[0]), None
+        g = a.clone()  # origin 0: the true Gram matrix
+        n = gram.n
+        g = g + gram.a[:n, n][:, None] + gram.a[:n, n][None, :] + gram.a[n, n]
+    else:
+        order = torch.sort(norms[good], stable=True).indices
+        r = int(good[order[(len(order) - 1) // 2]])
+        v0 = x[r]
+        g = a - a[:, r : r + 1] - a[r : r + 1, :] + a[r, r]
+    inf = torch.full_like(g, float("inf"))
+    g = torch.where(bad[:, None] | bad[None, :], inf, g)  # as centred_gram: not finite
+    return v0, g
 
 
 def _distances(g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from byzance.aggregators._distances import krum_scores, lowest, mean_rows, sq_distances
+from byzance.aggregators._distances import (
+    ExactGram,
+    krum_scores,
+    lowest,
+    mean_rows,
+    sq_distances,
+)
 from byzance.aggregators.base import Aggregator, check_f, require
 
 
@@ -19,7 +25,8 @@ class Krum(Aggregator):
               \mathrm{Krum}(x_1..x_n) = x_{i^*}, \ i^* = \arg\min_i \mathrm{score}(i)
 
     (ties: smallest index). Requires :math:`n \ge 2f + 3`. Inputs with a non-finite entry are
-    at distance :math:`+\infty` from everything and are never selected.
+    at distance :math:`+\infty` from everything and are never selected. ``gram``: an exact
+    geometry of the inputs to take the distances from (``ExactGram``).
     """
 
     name = "krum"
@@ -30,13 +37,13 @@ class Krum(Aggregator):
     def check(self, n: int) -> None:
         require("Krum", n >= 2 * self.f + 3, "n >= 2f + 3", n=n, f=self.f)
 
-    def scores(self, x: torch.Tensor) -> torch.Tensor:
+    def scores(self, x: torch.Tensor, gram: ExactGram | None = None) -> torch.Tensor:
         """The (n,) float64 Krum scores of the rows of ``x``."""
-        d2, _ = sq_distances(x)
+        d2, _ = sq_distances(x, gram)
         return krum_scores(d2, x.shape[0] - self.f - 2)
 
-    def aggregate(self, x: torch.Tensor) -> torch.Tensor:
-        i = int(torch.argmin(self.scores(x)))
+    def aggregate(self, x: torch.Tensor, gram: ExactGram | None = None) -> torch.Tensor:
+        i = int(torch.argmin(self.scores(x, gram)))
         return x[i].clone()
 
 
@@ -67,9 +74,9 @@ class MultiKrum(Aggregator):
         require("MultiKrum", n >= 2 * self.f + 3, "n >= 2f + 3", n=n, f=self.f)
         require("MultiKrum", self._m(n) <= n, "m <= n", m=self._m(n), n=n)
 
-    def aggregate(self, x: torch.Tensor) -> torch.Tensor:
+    def aggregate(self, x: torch.Tensor, gram: ExactGram | None = None) -> torch.Tensor:
         n = x.shape[0]
-        d2, bad = sq_distances(x)
+        d2, bad = sq_distances(x, gram)
         scores = krum_scores(d2, n - self.f - 2)
         chosen = lowest(scores, self._m(n))
         return mean_rows(x, chosen[None, :], bad)[0]

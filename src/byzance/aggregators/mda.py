@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from byzance.aggregators._distances import mean_rows, sq_distances
+from byzance.aggregators._distances import ExactGram, mean_rows, sq_distances
 from byzance.aggregators.base import Aggregator, check_f, require
 
 
@@ -123,8 +123,8 @@ class MDA(Aggregator):
         d2, _ = sq_distances(x)
         return min_diameter_subset(d2, self.f)
 
-    def aggregate(self, x: torch.Tensor) -> torch.Tensor:
-        d2, bad = sq_distances(x)
+    def aggregate(self, x: torch.Tensor, gram: ExactGram | None = None) -> torch.Tensor:
+        d2, bad = sq_distances(x, gram)
         kept = min_diameter_subset(d2, self.f)
         idx = torch.tensor(kept, device=x.device)[None, :]
         return mean_rows(x, idx, bad)[0]

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from byzance.aggregators._distances import lowest, sq_distances_to, weighted_rows
+from byzance.aggregators._distances import (
+    ExactGram,
+    lowest,
+    sq_distances,
+    sq_distances_to,
+    weighted_rows,
+)
 from byzance.aggregators.base import Aggregator, check_f, require
 
 
@@ -22,7 +28,8 @@ class MoNNA(Aggregator):
     needed: O(n d), computed directly (no Gram matrix). Inputs with a non-finite entry (or an
     overflowing distance) are at distance :math:`+\infty` and ranked last (after inputs at a
     finite distance, then by index); if the reference itself is not finite, the first n - f
-    finite inputs are averaged.
+    finite inputs are averaged. ``gram`` (an ``ExactGram`` of the inputs): the distances to
+    the reference come from it instead.
     """
 
     name = "monna"
@@ -39,9 +46,12 @@ class MoNNA(Aggregator):
         require("MoNNA", n > 2 * self.f, "n > 2f", n=n, f=self.f)
         require("MoNNA", self.reference < n, "reference < n", reference=self.reference, n=n)
 
-    def aggregate(self, x: torch.Tensor) -> torch.Tensor:
+    def aggregate(self, x: torch.Tensor, gram: ExactGram | None = None) -> torch.Tensor:
         n = x.shape[0]
-        d2 = sq_distances_to(x, self.reference)  # +inf for rows not finite or too far
+        if gram is None:
+            d2 = sq_distances_to(x, self.reference)  # +inf for rows not finite or too far
+        else:
+            d2 = sq_distances(x, gram)[0][self.reference].to(x.device)
         if bool(torch.isfinite(d2[self.reference])):
             bad = ~torch.isfinite(d2)
             key = d2

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from byzance.aggregators._distances import mean_rows, nearest, sq_distances
+from byzance.aggregators._distances import (
+    ExactGram,
+    nearest,
+    selection_weights,
+    sq_distances,
+    weighted_rows,
+)
 from byzance.aggregators.base import PreAggregator, check_f, require
 
 
@@ -21,6 +27,8 @@ class NNM(PreAggregator):
     matrix and one (n, n) @ (n, d) product with the 0/1 selection matrix. Inputs with a
     non-finite entry are never a neighbour while n - f finite inputs exist (also for
     themselves: a non-finite input is replaced by the mean of n - f finite ones).
+    With an exact geometry of the inputs (``transform_with_gram``) the neighbours come from it
+    and the output's geometry is ``W G W^T`` (W the mixing matrix).
     """
 
     name = "nnm"
@@ -31,11 +39,19 @@ class NNM(PreAggregator):
     def check(self, n: int) -> None:
         require("NNM", n > 2 * self.f, "n > 2f", n=n, f=self.f)
 
-    def neighbours(self, x: torch.Tensor) -> torch.Tensor:
+    def neighbours(self, x: torch.Tensor, gram: ExactGram | None = None) -> torch.Tensor:
         """(n, n - f) indices of each input's nearest neighbours."""
-        d2, bad = sq_distances(x)
+        d2, bad = sq_distances(x, gram)
         return nearest(d2, bad, x.shape[0] - self.f)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
-        d2, bad = sq_distances(x)
-        return mean_rows(x, nearest(d2, bad, x.shape[0] - self.f), bad)
+        return self.transform_with_gram(x, None)[0]
+
+    def transform_with_gram(
+        self, x: torch.Tensor, gram: ExactGram | None
+    ) -> tuple[torch.Tensor, ExactGram | None]:
+        n = x.shape[0]
+        d2, bad = sq_distances(x, gram)
+        w = selection_weights(nearest(d2, bad, n - self.f), n, x.dtype, x.device)
+        y = weighted_rows(x, w, bad)
+        return y, (None if gram is None else gram.linear(w))

@@ -7,7 +7,8 @@ import math
 
 import torch
 
-from byzance.aggregators._distances import gram, mean_rows
+from byzance.aggregators._distances import ExactGram, mean_rows
+from byzance.aggregators._distances import gram as gram_matrix
 from byzance.aggregators.base import Aggregator, check_f, require
 
 #: default bound on C(n, f), the number of subsets SMEA enumerates
@@ -55,7 +56,7 @@ class SMEA(Aggregator):
     def subset(self, x: torch.Tensor) -> list[int]:
         """Sorted indices of the selected n - f inputs."""
         self.check(x.shape[0])
-        g, bad = gram(x)
+        g, bad = gram_matrix(x)
         return self._best(g, bad)
 
     def _best(self, g: torch.Tensor, bad: torch.Tensor) -> list[int]:
@@ -78,7 +79,7 @@ class SMEA(Aggregator):
                 best_val, best_set = float(top[i]), list(chunk[i])
         return best_set
 
-    def aggregate(self, x: torch.Tensor) -> torch.Tensor:
-        g, bad = gram(x)
+    def aggregate(self, x: torch.Tensor, gram: ExactGram | None = None) -> torch.Tensor:
+        g, bad = gram_matrix(x, gram)
         idx = torch.tensor(self._best(g, bad), device=x.device)[None, :]
         return mean_rows(x, idx, bad)[0]

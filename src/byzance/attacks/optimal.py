@@ -8,11 +8,16 @@ from typing import Any
 
 import torch
 
+from byzance.aggregators._distances import _BLOCK, ExactGram
+from byzance.aggregators.base import apply_rule
 from byzance.attacks.alie import ALittleIsEnough
 from byzance.attacks.base import Attack, LinearAttack, check_int, check_real
 from byzance.attacks.ipm import InnerProductManipulation
 
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+#: the best sketched candidate is kept without an exact check when its sketched squared damage
+#: exceeds the base scale's by this many standard errors of the (paired) difference
+_CONFIDENCE = 3.0
 
 
 def check_aggregator(who: str, aggregator: Any) -> Any:
@@ -47,9 +52,9 @@ class Probe:
         ]
         self._states = [g.get_state() for g in self._generators]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, gram: ExactGram | None = None) -> torch.Tensor:
         try:
-            return self.aggregator.aggregate(x)
+            return apply_rule(self.aggregator, x, gram)
         finally:
             for g, state in zip(self._generators, self._states, strict=True):
                 g.set_state(state)
@@ -101,11 +106,40 @@ class _Memo:
         return (max(below) if below else None), (min(above) if above else None)
 
 
+def line_gram(
+    honest: torch.Tensor, origin: torch.Tensor, anchor: torch.Tensor, direction: torch.Tensor
+) -> torch.Tensor:
+    """The float64 (h + 3, h + 3) Gram matrix of ``[honest - o; anchor - o; direction; o]``.
+
+    One pass over the full vectors, over column blocks (products in the input's dtype on
+    centred values, accumulated in float64, as ``_distances.centred_gram``). Every candidate's
+    exact geometry is a 2 x 2 combination of it (see ``_Rows.gram``).
+    """
+    h, d = honest.shape
+    m = h + 3
+    step = max(1, min(d, _BLOCK // m))
+    buf = honest.new_empty(m, step)
+    g = torch.zeros(m, m, dtype=torch.float64, device=honest.device)
+    for start in range(0, d, step):  # over column blocks only
+        stop = min(d, start + step)
+        xb = buf[:, : stop - start]
+        o = origin[start:stop]
+        torch.sub(honest[:, start:stop], o, out=xb[:h])
+        torch.sub(anchor[start:stop], o, out=xb[h])
+        xb[h + 1] = direction[start:stop]
+        xb[h + 2] = o
+        g += torch.mm(xb, xb.T).double()
+    return (g + g.T) / 2
+
+
 class _Rows:
     """The (h + f, k) input of the aggregator, honest rows written once.
 
     Each candidate only rewrites the f Byzantine rows (no concatenation per evaluation);
-    ``damage(scale)`` is ``||A(rows) - mean||`` (NaN counted as infinite damage).
+    ``damage(scale)`` is ``||A(rows) - mean||`` (NaN counted as infinite damage), memoised per
+    scale with the difference ``A(rows) - mean`` (float64) in ``diffs``. With ``line`` (the
+    ``line_gram`` of the full vectors) every evaluation is given the exact geometry of the
+    full candidate input (``gram(scale)``), the rows being a sketch of it.
     """
 
     def __init__(
@@ -116,20 +150,53 @@ class _Rows:
         anchor: torch.Tensor,
         direction: torch.Tensor,
         f: int,
+        line: torch.Tensor | None = None,
     ) -> None:
         h, k = honest.shape
-        self.probe, self.h, self.mean = probe, h, mean
-        self.anchor, self.direction = anchor, direction
+        self.probe, self.h, self.f, self.mean = probe, h, f, mean
+        self.anchor, self.direction, self.line = anchor, direction, line
         self.x = honest.new_empty(h + f, k)
         self.x[:h] = honest
+        self.values: dict[float, float] = {}
+        self.diffs: dict[float, torch.Tensor] = {}
+
+    def gram(self, scale: float) -> ExactGram:
+        """Exact geometry of ``[honest; b(scale) x f]`` (origin: the ``line_gram`` origin)."""
+        assert self.line is not None
+        h, f = self.h, self.f
+        lift = torch.zeros(h + f + 1, h + 3, dtype=torch.float64, device=self.line.device)
+        lift[:h, :h] = torch.eye(h, dtype=torch.float64)
+        lift[h : h + f, h] = 1.0  # b(s) - o = (anchor - o) + s * direction
+        lift[h : h + f, h + 1] = scale
+        lift[h + f, h + 2] = 1.0
+        return ExactGram(lift @ self.line @ lift.T)
 
     def damage(self, scale: float) -> float:
+        if scale in self.values:
+            return self.values[scale]
         h, x = self.h, self.x
         torch.add(self.anchor, self.direction, alpha=scale, out=x[h])
         x[h + 1 :] = x[h]
-        out = self.probe(x)
+        out = self.probe(x, None if self.line is None else self.gram(scale))
         value = float(torch.linalg.vector_norm(out.to(self.mean.dtype) - self.mean))
-        return math.inf if math.isnan(value) else value
+        value = math.inf if math.isnan(value) else value
+        self.values[scale] = value
+        if self.line is not None:  # sketched: kept for clearly_better
+            self.diffs[scale] = out.to(torch.float64) - self.mean.to(torch.float64)
+        return value
+
+    def clearly_better(self, scale: float, base: float) -> bool:
+        """Whether the sketched squared damage at ``scale`` exceeds that at ``base`` by more
+        than ``_CONFIDENCE`` standard errors of the paired difference (the sketch's k
+        coordinates are i.i.d. draws, so the difference is a sum of k i.i.d. terms)."""
+        a, b = self.damage(scale), self.damage(base)
+        if not (math.isfinite(a) and math.isfinite(b)):
+            return False
+        terms = self.diffs[scale].square() - self.diffs[base].square()
+        k = terms.numel()
+        gap = float(terms.sum())
+        se = math.sqrt(k) * float(terms.std()) if k > 1 else math.inf
+        return gap > _CONFIDENCE * se
 
 
 class Optimal(Attack):
@@ -161,21 +228,37 @@ class Optimal(Attack):
 
     Sketch (``sketch = k``, used when ``k < d``): the candidates are evaluated on ``k``
     coordinates drawn uniformly (with replacement, a fresh draw per round from the attack's
-    own generator, ``seed``) and scaled by ``sqrt(d / k)``, so squared norms and distances
-    are unbiased estimates of the full ones: exact on those coordinates for coordinate-wise
-    rules (Median, TrimmedMean, ...), unbiased distances for distance-based ones (Krum, NNM,
-    GeometricMedian, clipping thresholds). An evaluation then costs ``O(n k)`` instead of
-    ``O(n d)``; the price is noise in ``D`` of relative order ``1 / sqrt(k)`` (more for
-    heavy-tailed coordinates, which may move the chosen scale slightly). Then the full
-    vectors are evaluated exactly at the best candidate, at the nearest smaller candidate
-    evaluated (the damage often peaks just before a cliff, where the Byzantine vectors start
-    being discarded, so a sketch error past the peak costs most) and at the base scale
-    ``s0``, and the most damaging of these (at most 3 full aggregations) is kept.
-    ``sketch=None`` or ``0``: every candidate is evaluated exactly on all coordinates.
+    own generator, ``seed``) and scaled by ``sqrt(d / k)``, with the *exact* geometry of the
+    full vectors: one pass over them gives the float64 Gram matrix of
+    ``[honest - mu; anchor - mu; direction; mu]`` (``line_gram``), and the full Gram matrix of
+    a candidate input ``[honest; b(s), ..., b(s)]`` is a quadratic in ``s`` read from it (an
+    ``ExactGram``, passed to the pipeline as ``gram=``, see ``aggregators.base.apply_rule``).
+    Distance- and norm-based steps (NNM, Bucketing, Clipping, ARC, Krum, Multi-Krum, Bulyan's
+    selection, MDA, CAF, SMEA, MoNNA, GeometricMedian) then select, weight and clip exactly as
+    on the full vectors; coordinate-wise steps work on the sketched coordinates. For such a
+    pipeline the sketched output *is* the sketch of the full output, so the sketched squared
+    damage is an unbiased estimate of the full one (a sum of k i.i.d. terms, relative noise
+    ``O(1 / sqrt(k))``, no bias from sketched distances, no misplaced cliff where the
+    Byzantine vectors start being discarded). Steps without Gram support (user steps,
+    CenteredClipping) compute their geometry from the sketch (unbiased distances, not exact),
+    and so do the steps after them. An evaluation costs ``O(n k)``, plus one ``O(n d)`` pass
+    per round. Final choice: the best sketched candidate is kept when its sketched squared
+    damage exceeds that of the base scale ``s0`` (also evaluated on the sketch) by more than
+    ``_CONFIDENCE = 3`` standard errors of the paired difference (estimated from the k
+    terms); otherwise both are aggregated exactly on the full vectors and the more damaging
+    is kept (2 full aggregations, the only ones). If the inputs are not finite (nor then is
+    the Gram matrix of the line), the sketch falls back to its own distances and the full
+    vectors are evaluated exactly at the best candidate, its nearest smaller candidate and
+    ``s0`` (at most 3 full aggregations). ``sketch=None`` or ``0``: every candidate is
+    evaluated exactly on all coordinates and no Gram matrix is passed.
 
-    Guarantee: the returned vectors do at least as much damage as the base attack at its own
-    scale, ``D(s*) >= D(s0)``, measured by the real pipeline on the full vectors (with
-    a sketch by the final exact comparison; without, ``s0`` is among the exact candidates).
+    Guarantee: without a sketch, ``D(s*) >= D(s0)`` on the full vectors (``s0`` is among the
+    exact candidates); likewise with a sketch when the sketch shows no clear gain (exact
+    final comparison). Otherwise the choice between the best candidate and ``s0`` is made on
+    the sketch with exact distances: for a Gram-aware pipeline a wrong choice then needs a
+    3-sigma deviation of a sum of k i.i.d. terms (about 1e-3 under the normal approximation,
+    and only between candidates whose full damages are close); for other pipelines the
+    sketched distances add their own noise.
     Stochastic steps (e.g. Bucketing) replay this round's random draw at every evaluation and
     the run's random stream is untouched (see ``Probe``). ``last_scale`` holds the scale
     returned in the last round.
@@ -237,7 +320,11 @@ class Optimal(Attack):
         mean = honest.mean(dim=0)
         probe = Probe(self.aggregator)
         k = self.sketch or d
+        line = None
         if k < d:  # candidates on a random sketch of k coordinates, scaled by sqrt(d / k)
+            line = line_gram(honest, mean, anchor, direction)
+            if not bool(torch.isfinite(line).all()):
+                line = None  # non-finite inputs: sketched distances, exact final check
             idx = torch.randint(d, (k,), generator=self._generator).sort().values
             idx = idx.to(honest.device)
             c = math.sqrt(d / k)
@@ -248,6 +335,7 @@ class Optimal(Attack):
                 anchor.index_select(0, idx).mul_(c),
                 direction.index_select(0, idx).mul_(c),
                 f,
+                line,
             )
             exact = _Rows(probe, honest, mean, anchor, direction, f)
         else:
@@ -263,6 +351,9 @@ class Optimal(Attack):
                 base_value = value(0.0) if s0 > 0 else exact.damage(0.0)
                 if base_value >= value.seen[t_best]:
                     scale = s0
+        elif line is not None:  # exact geometry on the sketch: s0 vs the best, on the sketch
+            if scale != s0 and not rows.clearly_better(scale, s0):
+                scale = max((s0, scale), key=lambda s: (exact.damage(s), s == s0))
         else:  # exact check of the best candidate, its lower neighbour and the base scale
             below, _ = value.neighbours(t_best)
             scales = {s0, scale} | ({center * math.exp(below)} if below is not None else set())
