@@ -8,6 +8,7 @@ own actors. Fault injection goes through ``RayEngine.inject_fault`` / ``kill_wor
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import pytest
@@ -17,6 +18,7 @@ ray = pytest.importorskip("ray")
 
 from byzance import aggregators, attacks  # noqa: E402
 from byzance.engines import QuorumError, RayEngine, RayOptions, run_experiment_ray  # noqa: E402
+from byzance.engines.ray_engine import SharedRows  # noqa: E402
 from byzance.engines.workload import SyntheticWorkload  # noqa: E402
 from byzance.results import open_db  # noqa: E402
 from byzance.sim import ExperimentConfig, run_experiment  # noqa: E402
@@ -99,6 +101,28 @@ def test_synchronous_run_reproduces_the_simulator(ray_local, tmp_path):
         assert run["final_accuracy"] == pytest.approx(ref.final_accuracy)
         records = conn.load_metrics()[run["run_id"]]
     assert [r["round"] for r in records] == [2, 4, 6]
+
+
+def test_shared_rows_and_object_store_give_the_same_run(ray_local):
+    # same node: workers write into the server's matrix in /dev/shm; off: the object store
+    cfg = tiny(n_honest=2)
+    engines: list[RayEngine] = []
+    runs = [
+        run_experiment_ray(
+            cfg,
+            options=RayOptions(quorum=3, shared_memory=shared, **FAST),
+            engine_hook=engines.append,
+        )
+        for shared in (True, False)
+    ]
+    shared, plain = engines
+    if SharedRows.ROOT.is_dir():
+        assert shared.shared_workers == {0, 1, 2}  # the ALIE forger too
+    assert plain.shared_workers == set()
+    assert shared._rows is None and not list(SharedRows.ROOT.glob(f"byzance-{os.getpid()}-*"))
+    a, b = runs
+    assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
+    assert torch.equal(a.params, b.params)
 
 
 # ------------------------------------------------------------------ faults

@@ -406,3 +406,28 @@ def test_centered_clipping_starts_from_the_previous_aggregate():
     clip = torch.clamp(0.5 / torch.linalg.vector_norm(u, dim=1), max=1.0)
     expected = first + (u * clip[:, None]).mean(0)
     torch.testing.assert_close(rule.center, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_server_state_dict_resumes_momentum_and_centered_clipping_centre():
+    from byzance.aggregators import create
+    from byzance.sim.server import Server
+
+    def server() -> Server:
+        agg = create("centered_clipping", f=1)
+        return Server(torch.zeros(4), agg, lr=0.1, weight_decay=0.01, momentum=0.9)
+
+    g = torch.Generator().manual_seed(0)
+    rounds = [torch.randn(5, 4, generator=g) for _ in range(4)]
+    a = server()
+    for t, x in enumerate(rounds[:2], start=1):
+        a.step(x, t)
+    state = a.state_dict()
+    assert state["center"] is not None and state["velocity"] is not None
+    b = server()
+    b.load_state_dict(state)
+    for t, x in enumerate(rounds[2:], start=3):
+        assert torch.equal(a.step(x, t), b.step(x, t))
+    assert torch.equal(a.params, b.params)
+    before = a.params.clone()
+    state["params"].add_(1.0)  # the state is a copy, not a view of the live parameters
+    assert torch.equal(a.params, before)

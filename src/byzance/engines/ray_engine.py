@@ -73,6 +73,10 @@ class RayOptions:
     (0 = never); ``resume``: continue from a checkpoint found there. ``num_cpus`` /
     ``object_store_memory``: for a local instance started here. ``torch_threads``: intra-op
     threads per actor. ``reject_nonfinite``: treat vectors with NaN/inf as malformed.
+    ``shared_memory``: workers on the driver's node write their vectors straight into the
+    server's (n, d) matrix, a file in ``/dev/shm`` mapped by both (``SharedRows``), instead of
+    returning them through the object store; workers on other nodes always use the object
+    store. Ignored where ``/dev/shm`` does not exist.
     """
 
     address: str | None = None
@@ -92,6 +96,7 @@ class RayOptions:
     object_store_memory: int | None = None
     torch_threads: int = 1
     reject_nonfinite: bool = True
+    shared_memory: bool = True
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field on a bad value."""
@@ -125,20 +130,85 @@ class RayOptions:
             )
 
 
+# --------------------------------------------------------------------------- shared rows
+#: what a worker returns instead of its vector once it has written it into its shared row
+IN_SHARED_ROW = "in-shared-row"
+
+
+class SharedRows:
+    """The server's (n, d) matrix of received vectors as a file in ``/dev/shm``, mapped by
+    the server and by the worker actors on its node: worker w writes row w (one copy, no
+    serialisation, no object-store round trip), the server reads and aggregates in place.
+
+    Row w is written only by worker w's single outstanding task and read by the server only
+    after that task has returned, so there are no concurrent accesses to a row.
+    """
+
+    ROOT = Path("/dev/shm")
+
+    def __init__(self, path: str, n: int, d: int, dtype: str, node_id: str, create: bool) -> None:
+        self.path, self.node_id = path, node_id
+        self.spec = (path, n, d, dtype, node_id)
+        mode = "w+" if create else "r+"
+        self.array = np.memmap(path, dtype=np.dtype(dtype), mode=mode, shape=(n, d))
+
+    @classmethod
+    def create(cls, n: int, d: int, dtype: torch.dtype) -> SharedRows | None:
+        """A new zeroed matrix on this node, or ``None`` where there is no ``/dev/shm``."""
+        import uuid
+
+        import ray
+
+        if not cls.ROOT.is_dir():
+            return None
+        np_dtype = torch.empty(0, dtype=dtype).numpy().dtype.str
+        path = str(cls.ROOT / f"byzance-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        node = ray.get_runtime_context().get_node_id()
+        return cls(path, n, d, np_dtype, node, create=True)
+
+    @classmethod
+    def attach(cls, spec: tuple[str, int, int, str, str] | None) -> SharedRows | None:
+        """Map the server's matrix from a worker, if it runs on the same node (else ``None``)."""
+        import ray
+
+        if spec is None:
+            return None
+        path, n, d, dtype, node_id = spec
+        if node_id != ray.get_runtime_context().get_node_id() or not os.path.exists(path):
+            return None
+        return cls(path, n, d, dtype, node_id, create=False)
+
+    def remove(self) -> None:
+        self.array = None  # type: ignore[assignment]  # unmaps once no view is left
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
 # --------------------------------------------------------------------------------- actors
 class WorkerActor:
     """Body of every worker actor (wrapped with ``ray.remote`` at run time).
 
     ``compute`` runs an honest/data-poisoning core, ``forge`` a gradient-attack core. Injected
-    faults (tests, chaos runs) apply before the computation of the chosen rounds.
+    faults (tests, chaos runs) apply before the computation of the chosen rounds. With a
+    ``rows`` spec (``SharedRows``) and on the server's node, vectors are written into the
+    worker's row of the server's matrix and ``IN_SHARED_ROW`` is returned in their place.
     """
 
-    def __init__(self, core: Any, worker: int, torch_threads: int = 1) -> None:
+    def __init__(
+        self,
+        core: Any,
+        worker: int,
+        torch_threads: int = 1,
+        rows: tuple[str, int, int, str, str] | None = None,
+    ) -> None:
         torch.set_num_threads(torch_threads)
         # parameters arrive as read-only zero-copy numpy views; cores never write into them
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         self.core = core
         self.worker = worker
+        self.rows = SharedRows.attach(rows)
         self.faults: list[tuple[str, set[int] | None, float]] = []
         self.compute_cpu = 0.0
         self.calls = 0
@@ -154,6 +224,7 @@ class WorkerActor:
             "worker": self.worker,
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
+            "shared_row": self.rows is not None,
         }
 
     def inject_fault(self, kind: str, rounds: list[int] | None, seconds: float) -> None:
@@ -185,13 +256,26 @@ class WorkerActor:
             vec = vec[:-1].copy()
         return vec
 
-    def compute(self, params: np.ndarray, round_: int) -> tuple[np.ndarray, float]:
+    def _send(self, vec: Any) -> Any:
+        """Write a well-formed vector into this worker's shared row, if there is one."""
+        rows = self.rows
+        if (
+            rows is not None
+            and isinstance(vec, np.ndarray)
+            and vec.dtype.kind == "f"
+            and vec.shape == rows.array.shape[1:]
+        ):
+            np.copyto(rows.array[self.worker], vec)
+            return IN_SHARED_ROW
+        return vec  # returned through the object store (and checked there)
+
+    def compute(self, params: np.ndarray, round_: int) -> tuple[Any, float]:
         kind = self._apply_faults(round_)
         c0 = time.thread_time()
         vec, loss = self.core.compute(params, round_)
         self.compute_cpu += time.thread_time() - c0
         self.calls += 1
-        return self._corrupt(vec, kind), loss
+        return self._send(self._corrupt(vec, kind)), loss
 
     def stats(self, reset: bool = False) -> dict[str, float]:
         """CPU seconds spent in the core's computation and number of calls (benchmarks)."""
@@ -200,10 +284,15 @@ class WorkerActor:
             self.compute_cpu, self.calls = 0.0, 0
         return out
 
-    def forge(self, round_: int, *honest: tuple[np.ndarray, float]) -> np.ndarray:
+    def forge(self, round_: int, honest: list[int] | np.ndarray) -> Any:
+        """This worker's row of the attack on the honest vectors: given as rows of the shared
+        matrix (same node) or as an (h, d) array (through the object store)."""
         kind = self._apply_faults(round_)
-        stacked = np.stack([h[0] for h in honest])
-        return self._corrupt(self.core.forge(stacked, round_), kind)
+        if isinstance(honest, list):
+            if self.rows is None:
+                raise RuntimeError("forge: honest rows given but no shared matrix is mapped")
+            honest = self.rows.array[honest]  # fancy indexing: a private copy
+        return self._send(self._corrupt(self.core.forge(honest, round_), kind))
 
     def get_state(self) -> dict[str, Any]:
         return self.core.state_dict()
@@ -321,6 +410,9 @@ class RayEngine:
         self.diverged = False
         self._busy: dict[int, Any] = {}
         self._buffer: torch.Tensor | None = None
+        self._rows: SharedRows | None = None
+        #: workers writing their vectors into the shared matrix (the others: object store)
+        self.shared_workers: set[int] = set()
         self._core_refs: list[Any] = []
         self._started_ray = False
 
@@ -356,10 +448,26 @@ class RayEngine:
         cores = [self.workload.honest_core(w) for w in range(self.workload.n_honest)]
         cores += [self.workload.byzantine_core(j) for j in range(self.workload.n_byzantine)]
         self._core_refs = [ray.put(c) for c in cores]
+        dtype = self.workload.params.dtype
+        if self.options.shared_memory:
+            self._rows = SharedRows.create(self.n, self.workload.dim, dtype)
+        if self._rows is not None:
+            self._buffer = torch.from_numpy(self._rows.array)
+        else:
+            self._buffer = torch.empty(self.n, self.workload.dim, dtype=dtype)
         self.actors = [self._create(w) for w in range(self.n)]
         infos = self._wait_ready(list(range(self.n)))
-        self.placement = {i["worker"]: i["node_id"] for i in infos}
+        self._placed(infos)
         self.timings["startup"] = time.perf_counter() - t0
+
+    def _placed(self, infos: list[dict[str, Any]]) -> None:
+        for info in infos:
+            w = info["worker"]
+            self.placement[w] = info["node_id"]
+            if info.get("shared_row"):
+                self.shared_workers.add(w)
+            else:
+                self.shared_workers.discard(w)
 
     def _create(self, w: int) -> Any:
         import ray
@@ -374,7 +482,8 @@ class RayEngine:
         if self.options.spread:
             opts["scheduling_strategy"] = "SPREAD"
         cls = ray.remote(WorkerActor).options(**opts)
-        return cls.remote(self._core_refs[w], w, self.options.torch_threads)
+        rows = self._rows.spec if self._rows is not None else None
+        return cls.remote(self._core_refs[w], w, self.options.torch_threads, rows)
 
     def _wait_ready(self, workers: list[int]) -> list[dict[str, Any]]:
         import ray
@@ -400,6 +509,10 @@ class RayEngine:
                 pass
         self.actors = []
         self._busy.clear()
+        if self._rows is not None:
+            self._buffer = None
+            self._rows.remove()
+            self._rows = None
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
 
@@ -471,21 +584,30 @@ class RayEngine:
         self.recreated[w] = count + 1
         self._deaths[w] = 0
         self.actors[w] = self._create(w)
+        self.shared_workers.discard(w)  # wherever it lands, it is sent arrays from now on
 
     def _validate(self, w: int, out: Any) -> tuple[np.ndarray | None, float, str | None]:
+        """``(vector, loss, None)`` or ``(None, loss, reason)`` for worker w's result.
+
+        A vector written into the shared matrix is checked in place (row w)."""
         loss = float("nan")
         vec = out
         if not self._is_forger(w):
             if not (isinstance(out, tuple) and len(out) == 2):
                 return None, loss, "malformed: not (vector, loss)"
             vec, loss = out
+        if isinstance(vec, str) and vec == IN_SHARED_ROW and self._rows is not None:
+            vec = self._rows.array[w]
         if not isinstance(vec, np.ndarray) or vec.dtype.kind != "f":
             return None, loss, f"malformed: {type(vec).__name__}"
         d = self.workload.dim
         if vec.shape != (d,):
             return None, loss, f"malformed: shape {tuple(vec.shape)} != ({d},)"
-        if self.options.reject_nonfinite and not bool(np.isfinite(vec).all()):
-            return None, loss, "malformed: non-finite"
+        # a finite sum proves every entry finite (NaN and inf propagate); only an overflowing
+        # sum of finite values needs the element-wise check
+        if self.options.reject_nonfinite and not np.isfinite(np.add.reduce(vec)):
+            if not bool(np.isfinite(vec).all()):
+                return None, loss, "malformed: non-finite"
         return vec, float(loss), None
 
     def run_round(self, t: int) -> dict[str, Any]:
@@ -527,19 +649,25 @@ class RayEngine:
             self._buffer = torch.empty(self.n, wl.dim, dtype=wl.params.dtype)
         buf = self._buffer.numpy()  # row w <- worker w's vector (reused every round)
         received: dict[int, np.ndarray] = {}
-        refs: dict[int, Any] = {}
         losses: dict[int, float] = {}
         while len(received) < q:
             if not launched:
                 live = [w for w in forgers if self.actors[w] is not None and w not in self._busy]
                 honest_waiting = any(not self._is_forger(w) for w in pending.values())
                 if len(received) >= q - len(live) or not (honest_waiting or stale):
-                    honest_refs = [refs[w] for w in sorted(refs)]
+                    rows = sorted(w for w in received if not self._is_forger(w))
+                    stacked_ref = None  # the honest vectors, put once for remote forgers
                     for w in forgers:
                         if w not in live:
                             missing[w] = "dead" if self.actors[w] is None else "busy"
                             continue
-                        ref = self.actors[w].forge.remote(t, *honest_refs)
+                        if w in self.shared_workers:
+                            honest_arg: Any = rows
+                        else:
+                            if stacked_ref is None:
+                                stacked_ref = ray.put(buf[rows])
+                            honest_arg = stacked_ref
+                        ref = self.actors[w].forge.remote(t, honest_arg)
                         pending[ref] = w
                         self._busy[w] = ref
                     launched = True
@@ -569,11 +697,11 @@ class RayEngine:
                         log.warning("round %d: worker %d sent a %s vector", t, w, reason)
                     missing[w] = reason
                     continue
-                t_copy = time.perf_counter()
-                np.copyto(buf[w], vec)  # overlapped with waiting for the others
-                self._tick("copy", t_copy)
+                if not np.may_share_memory(vec, buf):  # came through the object store
+                    t_copy = time.perf_counter()
+                    np.copyto(buf[w], vec)  # overlapped with waiting for the others
+                    self._tick("copy", t_copy)
                 received[w] = vec
-                refs[w] = ref
                 if w < wl.n_honest:
                     losses[w] = loss
         timed_out = time.monotonic() >= deadline

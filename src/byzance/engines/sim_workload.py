@@ -200,10 +200,7 @@ class SimWorkload:
         }
 
     def server_state(self) -> dict[str, Any]:
-        v = self.sim.server._velocity
-        return {"params": self.sim.params.clone(), "velocity": None if v is None else v.clone()}
+        return self.sim.server.state_dict()
 
     def load_server_state(self, state: dict[str, Any]) -> None:
-        self.sim.params.copy_(state["params"])
-        v = state.get("velocity")
-        self.sim.server._velocity = None if v is None else v.clone()
+        self.sim.server.load_state_dict(state)

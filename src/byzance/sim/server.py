@@ -89,6 +89,30 @@ class Server:
             update = self._velocity
         self.params.add_(update, alpha=-self.lr_at(round_))
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to resume: parameters, server momentum, and the centre of
+        centered clipping (the previous aggregate); copies."""
+
+        def copy(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.detach().clone()
+
+        rule = getattr(self.aggregator, "rule", self.aggregator)
+        center = rule.center if isinstance(rule, CenteredClipping) else None
+        return {
+            "params": copy(self.params),
+            "velocity": copy(self._velocity),
+            "center": copy(center),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a ``state_dict`` (``params`` in place)."""
+        self.params.copy_(state["params"])
+        v = state.get("velocity")
+        self._velocity = None if v is None else v.clone()
+        rule = getattr(self.aggregator, "rule", self.aggregator)
+        if isinstance(rule, CenteredClipping) and state.get("center") is not None:
+            rule.center = state["center"].clone()
+
     def step(self, vectors: torch.Tensor, round_: int) -> torch.Tensor:
         """Aggregate ``vectors`` (n, d), update the parameters, return the aggregate."""
         a = self.aggregate(vectors)
