@@ -3,9 +3,11 @@
 Workload: ``SyntheticWorkload`` (quadratic; worker i sends its momentum of ``w - c_i``), n
 workers, d parameters, no attack, so a worker's "gradient" costs a few O(d) passes and what
 is left of a Ray round is the engine: ``ray.put`` of the model (once per round), the
-actors' zero-copy reads, returning d-vectors through the object store, the server's waits
-and the copy into the (n, d) matrix. The same workload is run in one process (the simulator's
-way: every worker's computation in turn, then the server step) for the comparison.
+actors' zero-copy reads, the d-vectors coming back (written by the actors straight into the
+server's shared-memory matrix on this node; ``--no-shared-memory``: returned through the
+object store and copied into the (n, d) matrix) and the server's waits. The same workload is
+run in one process (the simulator's way: every worker's computation in turn, then the server
+step) for the comparison.
 
 Printed per round (medians over the timed rounds, after ``--warmup`` rounds):
 
@@ -16,7 +18,8 @@ Printed per round (medians over the timed rounds, after ``--warmup`` rounds):
   the engine's own cost if the workers' computation ran perfectly in parallel on this machine;
 * time to first round: actor start-up (processes, imports, core shipping, warm-up) + round 1.
 
-Usage: ``python benchmarks/ray_engine.py [--workers 10] [--dim 1000000] [--rounds 20]``.
+Usage: ``python benchmarks/ray_engine.py [--workers 10] [--dim 1000000] [--rounds 20]
+[--no-shared-memory]``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--aggregator", default="average")
     p.add_argument("--object-store-mb", type=int, default=1024)
+    p.add_argument(
+        "--no-shared-memory",
+        action="store_true",
+        help="vectors back through the object store (RayOptions.shared_memory=False)",
+    )
     args = p.parse_args()
 
     import ray
@@ -78,7 +86,8 @@ def main() -> None:
         logging_level=logging.WARNING,
         object_store_memory=args.object_store_mb * 1024**2,
     )
-    engine = RayEngine(workload(), RayOptions(quorum=n, worker_cpus=1.0))
+    shared = not args.no_shared_memory
+    engine = RayEngine(workload(), RayOptions(quorum=n, worker_cpus=1.0, shared_memory=shared))
     t0 = time.perf_counter()
     engine.start()
     startup = time.perf_counter() - t0
@@ -96,6 +105,7 @@ def main() -> None:
             if t > args.warmup:
                 ray_rounds.append(dt)
         stats = ray.get([a.stats.remote() for a in engine.actors])
+        shared_rows = len(engine.shared_workers)
         actor_cpu = sum(st["compute_cpu"] for st in stats) / len(ray_rounds)
         parts = {
             k: engine.timings.get(k, 0.0) / len(ray_rounds) * 1e3
@@ -110,7 +120,9 @@ def main() -> None:
     compute_par = med(compute_sums) / min(n, cores_avail)
     print(
         f"workers={n} d={d} aggregator={args.aggregator} cores={cores_avail} "
-        f"timed rounds={args.rounds} (medians)"
+        f"timed rounds={args.rounds} (medians); vectors back through "
+        f"{'shared memory' if shared_rows else 'the object store'} "
+        f"({shared_rows} of {n} workers on the shared matrix)"
     )
     print(
         f"  sim round (in-process)        {sim * 1e3:8.1f} ms  "

@@ -18,6 +18,7 @@ def test_run_id_is_stable_and_sensitive() -> None:
     assert run_id(CONFIG) != run_id(CONFIG, engine="ray")
     # where the data lives does not change what a run computes
     assert run_id(CONFIG) == run_id({**CONFIG, "data_dir": "/elsewhere"})
+    assert run_id(CONFIG) == run_id({**CONFIG, "device": "cuda:1"})
     assert len(run_id(CONFIG)) == 16
 
 

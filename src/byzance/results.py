@@ -38,8 +38,9 @@ METRIC_COLUMNS = (
     "missing_workers",
     "val_accuracy",
 )
-#: config keys that do not change what a run computes, left out of its id
-ID_EXCLUDED_KEYS = frozenset({"data_dir"})
+#: config keys that say where a run executes, not what it computes, left out of its id (a grid
+#: started on a GPU machine resumes on a CPU one; the recorded config keeps the device used)
+ID_EXCLUDED_KEYS = frozenset({"data_dir", "device"})
 STATUSES = ("running", "finished", "failed")
 
 _SCHEMA = """
