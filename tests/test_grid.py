@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import byzance.grid as grid_mod
@@ -137,6 +139,20 @@ def test_resume_after_crash_and_failures(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(grid_mod, "run_engine", real)
     summary = run_grid(more, db_path, progress=False)
     assert (summary.skipped, summary.finished, summary.failed) == (4, 1, [])
+
+
+def test_a_second_grid_on_the_same_db_is_refused(tmp_path) -> None:
+    db_path = tmp_path / "r.db"
+    configs = _configs(seed=[0])
+    with grid_mod.exclusive_bench(str(db_path)):  # another bench holds the DB
+        assert (tmp_path / "r.db.lock").read_text() == str(os.getpid())
+        with pytest.raises(GridError, match=r"another byzance bench \(pid \d+\) is running"):
+            run_grid(configs, db_path, progress=False)
+        with open_db(db_path) as db:
+            assert db.load_runs() == []  # refused before anything ran
+        run_grid(configs, tmp_path / "other.db", progress=False)  # another DB is free
+    assert not (tmp_path / "r.db.lock").exists()
+    assert run_grid(configs, db_path, progress=False).finished == 1  # released
 
 
 def test_parallel_jobs_match_sequential(tmp_path) -> None:

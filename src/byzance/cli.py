@@ -129,7 +129,9 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--checkpoint-dir",
         metavar="DIR",
-        help="save checkpoints in DIR; the same run started again resumes from its last one",
+        help="save checkpoints in DIR: the server's and every worker's state (with "
+        "--decentralized: every node's model, momentum and attack state) and the history; "
+        "the same run started again resumes from its last one",
     )
     g.add_argument(
         "--checkpoint-every",
@@ -234,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=_wrap(
             "Expand GRID (a TOML file: [base] config + [sweep] lists), validate every "
             "config, then run those not finished in the DB, JOBS at a time. Interrupted "
-            "grids resume where they stopped."
+            "grids resume where they stopped; a second bench on a DB in use is refused."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog='example grid:\n  [base]\n  dataset = "digits"\n  rounds = 100\n  [sweep]\n'
@@ -327,9 +329,6 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
     if options["model_aggregator"] is not None and not options["decentralized"]:
         raise UserError("--model-aggregator only applies to --decentralized")
     if options["decentralized"]:
-        ckpt = [_flag(k) for k in ("checkpoint_dir", "checkpoint_every") if options[k] is not None]
-        if ckpt:
-            raise UserError(f"{', '.join(ckpt)}: the decentralized mode does not checkpoint")
         if options["model_aggregator"] is None:
             options["model_aggregator"] = DEFAULT_MODEL_AGGREGATOR
         from byzance import aggregators

@@ -24,13 +24,14 @@ database are skipped, so an interrupted grid resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,8 +264,6 @@ def _run_decentralized(
     from byzance.engines.decentralized import DecentralizedOptions, run_decentralized_ray
     from byzance.sim.simulation import RunResult
 
-    if options.checkpoint_dir or options.checkpoint_every:
-        raise ValueError("decentralized mode does not checkpoint (checkpoint_dir/checkpoint_every)")
     dec = DecentralizedOptions(
         model_aggregator=engine_options.get("model_aggregator") or DEFAULT_MODEL_AGGREGATOR
     )
@@ -499,6 +498,41 @@ class BenchSummary:
     seconds: float
 
 
+@contextlib.contextmanager
+def exclusive_bench(db_path: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``DB.lock`` while a grid runs on the DB ``db_path``.
+
+    Two grids on one DB would both run the same unfinished configs; the second one is refused
+    instead. The lock (``flock``) is released by the OS if the process dies, so a crashed grid
+    never blocks the next one. Where ``fcntl`` does not exist (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = Path(f"{db_path}.lock")
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            owner = fh.read().strip() or "?"
+            raise GridError(
+                f"another byzance bench (pid {owner}) is running on {db_path}: wait for it to "
+                "finish, or give this grid another --db"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def run_grid(
     configs: Sequence[Any],
     db_path: str | Path,
@@ -513,12 +547,24 @@ def run_grid(
     Workers are spawned processes, each limited to ``cpu_count // jobs`` torch threads; each
     writes its run's metrics to the DB (WAL, busy timeout) as they arrive. Duplicate configs
     (same id) run once. Interrupting leaves unfinished runs ``running``: they are re-run from
-    scratch on the next call, finished ones are never repeated.
+    scratch on the next call, finished ones are never repeated. A second grid started on the
+    same DB while this one runs is refused (``exclusive_bench``).
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    with exclusive_bench(str(db_path)):
+        return _run_grid(configs, str(db_path), jobs, engine, engine_options, progress)
+
+
+def _run_grid(
+    configs: Sequence[Any],
+    db_path: str,
+    jobs: int,
+    engine: str,
+    engine_options: Mapping[str, Any] | None,
+    progress: Progress | bool,
+) -> BenchSummary:
     start = time.perf_counter()
-    db_path = str(db_path)
     options = dict(engine_options or {})
     unique: dict[str, dict[str, Any]] = {}
     for cfg in configs:
