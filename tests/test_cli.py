@@ -388,6 +388,14 @@ def test_ray_option_flags_reach_the_engine(capsys, tmp_path, monkeypatch) -> Non
     assert "0.625 (spread 0.0421)" in out
     code, out, err = run_cli(capsys, *argv[:-2], "--model-aggregator", "median")
     assert code == 0 and calls[-1][3].model_aggregator == "median"
+    # it checkpoints too: --checkpoint-dir/--checkpoint-every reach its RayOptions
+    ckpt = ["--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-every", "4"]
+    code, out, err = run_cli(capsys, *argv[:-2], *ckpt)
+    assert code == 0, err
+    assert calls[-1][0] == "dec" and calls[-1][2].checkpoint_dir == str(tmp_path / "ck")
+    assert calls[-1][2].checkpoint_every == 4
+    code, out, err = run_cli(capsys, *argv[:-2], "--checkpoint-dir", "ck")
+    assert code == 0 and calls[-1][2].checkpoint_every == 10
     with open_db(db) as conn:
         engines = sorted(r["engine"] for r in conn.load_runs("finished"))
     assert engines == ["ray", "ray-decentralized"]
@@ -431,7 +439,7 @@ def test_run_key_keeps_only_options_that_change_results() -> None:
     ("flags", "needle"),
     [
         (["--model-aggregator", "median"], "--model-aggregator only applies to --decentralized"),
-        (["--decentralized", "--checkpoint-dir", "ck"], "does not checkpoint"),
+        (["--decentralized", "--checkpoint-every", "5"], "needs a checkpoint_dir"),
         (["--decentralized", "--model-aggregator", "nope"], "--model-aggregator: "),
         (["--checkpoint-every", "5"], "needs a checkpoint_dir"),
         (["--num-cpus", "0"], "--num-cpus must be >= 1"),

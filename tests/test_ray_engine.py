@@ -287,3 +287,82 @@ def test_decentralized_under_attack_reports_spread(ray_local, tmp_path):
         assert run["engine"] == "ray-decentralized" and run["status"] == "finished"
         records = conn.load_metrics()[run["run_id"]]
     assert [r["round"] for r in records] == [2, 4] and records[-1]["spread"] == last["spread"]
+
+
+DEC = {"n_honest": 3, "f": 1, "attack": "alie", "aggregator": "monna", "rounds": 6}
+
+
+@pytest.fixture(scope="module")
+def dec_reference(ray_local):
+    """An uninterrupted decentralised run of ``tiny(**DEC)``, no checkpoints."""
+    from byzance.engines.decentralized import run_decentralized_ray
+
+    return run_decentralized_ray(tiny(**DEC), options=RayOptions(**FAST))
+
+
+def assert_same_decentralized_run(out: dict, ref: dict) -> None:
+    """Same node models and records, bit for bit (``time`` aside; ``agg_distance`` is NaN)."""
+    assert torch.equal(out["params"], ref["params"])
+
+    def strip(history: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in ("time", "agg_distance")} for r in history]
+
+    assert strip(out["history"]) == strip(ref["history"])
+
+
+def test_decentralized_driver_death_then_resume_from_the_last_checkpoint(
+    ray_local, tmp_path, dec_reference
+):
+    from byzance.engines.decentralized import run_decentralized_ray
+
+    cfg = tiny(**DEC)
+    db, ckpt = tmp_path / "results.db", tmp_path / "ckpt"
+    opts = RayOptions(checkpoint_dir=str(ckpt), checkpoint_every=3, **FAST)
+
+    def die(actors: list, t: int) -> None:
+        if t == 5:  # rounds 1-4 done: records 2 and 4 in the DB, the checkpoint at round 3
+            raise DriverDied
+
+    with pytest.raises(DriverDied):
+        run_decentralized_ray(cfg, options=opts, db=db, before_round=die)
+    with open_db(db) as conn:
+        (run,) = conn.load_runs()
+        assert [r["round"] for r in conn.load_metrics()[run["run_id"]]] == [2, 4]
+    (saved,) = ckpt.iterdir()  # one checkpoint, no temp file left behind
+    assert saved.name == f"{run['run_id']}.ckpt"
+    state = torch.load(saved, weights_only=False)
+    assert state["round"] == 3 and [r["round"] for r in state["history"]] == [2]
+    assert sorted(state["nodes"]) == [0, 1, 2, 3]  # 3 honest nodes and the forger
+
+    rounds: list[int] = []
+    out = run_decentralized_ray(
+        cfg, options=opts, db=db, before_round=lambda actors, t: rounds.append(t)
+    )
+    assert rounds == [4, 5, 6]  # resumed after the checkpointed round
+    # models, momenta, the rules' and the forger's state were restored exactly
+    assert_same_decentralized_run(out, dec_reference)
+    assert out["run_id"] == run["run_id"]
+    with open_db(db) as conn:
+        (run,) = conn.load_runs()
+        assert run["status"] == "finished" and run["engine"] == "ray-decentralized"
+        assert [r["round"] for r in conn.load_metrics()[run["run_id"]]] == [2, 4, 6]
+    assert torch.load(saved, weights_only=False)["round"] == 6  # and at the last round
+
+
+def test_decentralized_checkpoint_of_another_config_is_not_used(ray_local, tmp_path, dec_reference):
+    from byzance.engines.decentralized import run_decentralized_ray
+
+    ckpt = tmp_path / "ckpt"
+    opts = RayOptions(checkpoint_dir=str(ckpt), checkpoint_every=2, **FAST)
+    other = run_decentralized_ray(tiny(**DEC, seed=1), options=opts)  # checkpointed at round 6
+    rounds: list[int] = []
+    out = run_decentralized_ray(
+        tiny(**DEC), options=opts, before_round=lambda actors, t: rounds.append(t)
+    )
+    assert rounds == [1, 2, 3, 4, 5, 6]  # from scratch
+    assert out["run_id"] != other["run_id"]
+    assert sorted(p.name for p in ckpt.iterdir()) == sorted(
+        f"{r['run_id']}.ckpt" for r in (out, other)
+    )
+    assert not torch.equal(out["params"], other["params"])
+    assert_same_decentralized_run(out, dec_reference)

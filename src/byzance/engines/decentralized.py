@@ -29,6 +29,14 @@ arrive within ``round_timeout`` is left out of that round (its model unchanged),
 ``missing_workers``; each rule is checked on the smallest number of vectors a node may
 aggregate, ``q = n - f``, before anything runs.
 
+Checkpoints: with ``RayOptions.checkpoint_dir``, every ``checkpoint_every`` rounds (and at the
+last round) every node's state (honest: :math:`\theta_i`, momentum, its rules' state; Byzantine:
+the attack and its RNG), the history and the missing nodes since the last record are saved
+atomically as ``<checkpoint_dir>/<run id>.ckpt`` (the run id covers the config and the
+``DecentralizedOptions``). Started again with a checkpoint there (and ``RayOptions.resume``),
+the run goes on after the checkpointed round, and the results DB's records are rewritten up
+to it; the rest of the run is the one an uninterrupted run would have done.
+
 Metrics: ``test_accuracy`` is the mean over honest nodes (``test_accuracy_min`` / ``_max``
 too) and ``spread`` the honest models' diameter :math:`\max_{i,j} \|\theta_i - \theta_j\|`.
 With ``attack="none"`` and averaging for both rules, all models stay equal and the run is the
@@ -37,6 +45,7 @@ simulator's (centralised) SGD with worker momentum.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -53,8 +62,12 @@ from byzance.engines.ray_engine import (
     WorkerActor,
     _open_db,
     check_resources,
+    checkpoint_path,
     connect,
+    load_checkpoint_file,
     log,
+    save_checkpoint_file,
+    start_db_run,
 )
 
 
@@ -123,11 +136,19 @@ class NodeCore:
         return self.theta.numpy()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"theta": self.theta.clone(), "worker": self.worker.state_dict()}
+        """Model, worker core state (momentum), and copies of both rules (whatever state they
+        keep, e.g. bucketing's permutation generator or centered clipping's centre)."""
+        return {
+            "theta": self.theta.clone(),
+            "worker": self.worker.state_dict(),
+            "rules": copy.deepcopy((self.grad_rule, self.model_rule)),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.theta = state["theta"].clone()
         self.worker.load_state_dict(state["worker"])
+        if "rules" in state:
+            self.grad_rule, self.model_rule = copy.deepcopy(state["rules"])
 
 
 class EquivocatingForger:
@@ -185,6 +206,8 @@ def run_decentralized_ray(
 
     ``config`` is an ``ExperimentConfig`` (``aggregator`` is each node's gradient rule;
     ``server_momentum`` must be 0). Recorded in ``db`` with ``engine="ray-decentralized"``.
+    With ``options.checkpoint_dir`` it checkpoints every ``options.checkpoint_every`` rounds
+    and resumes from a checkpoint of the same run found there (see the module docstring).
     ``before_round(actors, t)``: a hook for tests (fault injection).
     """
     import ray
@@ -260,16 +283,22 @@ def run_decentralized_ray(
                 f"{len(pending)} of {n} node actors did not start within "
                 f"{options.startup_timeout:g} s (RayOptions.startup_timeout)"
             )
-        if database is not None:
-            database.start_run(
-                config.to_dict(), engine="ray-decentralized", run_id_=rid, overwrite=True
-            )
         history: list[dict[str, Any]] = []
         since: list[dict[str, Any]] = []
-        t_start = time.perf_counter()
+        first, elapsed = 1, 0.0
+        resumed = load_checkpoint_file(options, rid)
+        if resumed is not None:
+            ray.get([actors[i].set_state.remote(s) for i, s in resumed["nodes"].items() if i < n])
+            history = list(resumed["history"])
+            since = list(resumed["missing_since"])
+            first, elapsed = int(resumed["round"]) + 1, float(resumed["elapsed"])
+            log.warning("resumed run %s from its checkpoint at round %d", rid, resumed["round"])
+        if database is not None:
+            start_db_run(database, config.to_dict(), "ray-decentralized", rid, history)
+        t_start = time.perf_counter() - elapsed  # ``time`` goes on from the checkpoint's
         honest_ids = list(range(h))
         byz = actors[h:]
-        for t in range(1, config.rounds + 1):
+        for t in range(first, config.rounds + 1):
             if before_round is not None:
                 before_round(actors, t)
             missing: dict[int, str] = {}
@@ -352,6 +381,14 @@ def run_decentralized_ray(
                     database.record_metrics(rid, record)
                 if on_metrics is not None:
                     on_metrics(record)
+            every = options.checkpoint_every
+            if every and (t % every == 0 or t == config.rounds):
+                elapsed = time.perf_counter() - t_start
+                path = checkpoint_path(options, rid)
+                _save_checkpoint(path, actors, options.round_timeout, t, history, since, elapsed)
+        thetas = torch.from_numpy(
+            np.stack(ray.get([actors[i].params.remote() for i in honest_ids]))
+        )
         seconds = time.perf_counter() - start
         if database is not None:
             database.finish_run(rid, history[-1]["test_accuracy"], seconds)
@@ -370,3 +407,39 @@ def run_decentralized_ray(
             database.close()
         if started and ray.is_initialized():
             ray.shutdown()
+
+
+def _save_checkpoint(
+    path: Any,
+    actors: list[Any],
+    timeout: float,
+    round_: int,
+    history: list[dict[str, Any]],
+    since: list[dict[str, Any]],
+    elapsed: float,
+) -> None:
+    """Every node's state (a node that does not answer within ``timeout`` is left out and
+    keeps its initial state on resume), the history and the missing nodes since the last
+    record, written atomically to ``path``."""
+    import ray
+
+    refs = {i: a.get_state.remote() for i, a in enumerate(actors)}
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
+    ready_set = set(ready)
+    nodes: dict[int, Any] = {}
+    for i, ref in refs.items():
+        if ref not in ready_set:
+            log.warning("round %d: node %d left out of the checkpoint (no answer)", round_, i)
+            continue
+        try:
+            nodes[i] = ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - a dead node, not the run
+            log.warning("round %d: node %d left out of the checkpoint: %s", round_, i, exc)
+    state = {
+        "round": round_,
+        "nodes": nodes,
+        "history": history,
+        "missing_since": since,
+        "elapsed": elapsed,
+    }
+    save_checkpoint_file(path, state)

@@ -186,6 +186,40 @@ class SharedRows:
             pass
 
 
+# ----------------------------------------------------------------------------- checkpoints
+def checkpoint_path(options: RayOptions, name: str) -> Path | None:
+    """``options.checkpoint_dir/<name>.ckpt`` (``name``: the run id), ``None`` without a dir."""
+    if not options.checkpoint_dir:
+        return None
+    return Path(options.checkpoint_dir) / f"{name}.ckpt"
+
+
+def save_checkpoint_file(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` to a temp file next to ``path``, then ``os.replace`` (atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint_file(options: RayOptions, name: str) -> dict[str, Any] | None:
+    """The checkpoint of run ``name`` if there is one and ``options.resume``, else ``None``."""
+    path = checkpoint_path(options, name)
+    if path is None or not options.resume or not path.exists():
+        return None
+    return torch.load(path, weights_only=False)
+
+
+def start_db_run(
+    database: Any, config: dict[str, Any], engine: str, rid: str, history: list[dict[str, Any]]
+) -> None:
+    """(Re-)open run ``rid`` in the results DB; its records are rewritten from ``history``
+    (the evaluations recovered from a checkpoint, none for a fresh run)."""
+    database.start_run(config, engine=engine, run_id_=rid, overwrite=True)
+    for record in history:
+        database.record_metrics(rid, record)
+
+
 # --------------------------------------------------------------------------------- actors
 class WorkerActor:
     """Body of every worker actor (wrapped with ``ray.remote`` at run time).
@@ -736,9 +770,7 @@ class RayEngine:
 
     # -- checkpoints -------------------------------------------------------------------
     def checkpoint_path(self) -> Path | None:
-        if not self.options.checkpoint_dir:
-            return None
-        return Path(self.options.checkpoint_dir) / f"{self.checkpoint_name}.ckpt"
+        return checkpoint_path(self.options, self.checkpoint_name)
 
     def save_checkpoint(self, round_: int, extra: dict[str, Any] | None = None) -> None:
         """Save server, workers and history atomically (temp file, then ``os.replace``)."""
@@ -767,19 +799,15 @@ class RayEngine:
             "missing_log": self.missing_log,
             "extra": extra or {},
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        save_checkpoint_file(path, state)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """Restore from the checkpoint if there is one (call after ``start``)."""
         import ray
 
-        path = self.checkpoint_path()
-        if path is None or not self.options.resume or not path.exists():
+        state = load_checkpoint_file(self.options, self.checkpoint_name)
+        if state is None:
             return None
-        state = torch.load(path, weights_only=False)
         self.workload.load_server_state(state["server"])
         ray.get(
             [
@@ -957,9 +985,7 @@ def run_experiment_ray(
         engine.start()
         resumed = engine.load_checkpoint()
         if database is not None:
-            database.start_run(cfg_dict, engine="ray", run_id_=rid, overwrite=True)
-            for record in engine.history:  # rounds recovered from the checkpoint
-                database.record_metrics(rid, record)
+            start_db_run(database, cfg_dict, "ray", rid, engine.history)
         if resumed is not None:
             log.warning("resumed run %s from its checkpoint at round %d", rid, resumed["round"])
         if engine_hook is not None:
