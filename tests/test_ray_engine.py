@@ -133,6 +133,8 @@ def test_killed_and_delayed_workers_are_recorded_and_the_run_completes(ray_local
 
     def before_round(engine: RayEngine, t: int) -> None:
         if t == 3:
+            for w in (0, 2, 3):  # the death is detected before the quorum is in, even on
+                engine.inject_fault(w, "delay", rounds=[3], seconds=2.0)  # a loaded machine
             engine.kill_worker(1)  # process killed: detected, re-created
         if t == 5:
             seen["rejoin_wait"] = time.perf_counter()
@@ -170,8 +172,8 @@ def test_malformed_vectors_exceptions_and_crashes_never_stop_the_server(ray_loca
         engine.start()
         for t, (w, kind) in faults.items():
             engine.inject_fault(w, kind, rounds=[t])
-            for other in set(range(4)) - {w}:  # the faulty vector arrives first
-                engine.inject_fault(other, "delay", rounds=[t], seconds=1.0)
+            for other in set(range(4)) - {w}:  # the faulty vector arrives first (with a
+                engine.inject_fault(other, "delay", rounds=[t], seconds=2.5)  # margin for load)
         history = engine.run()
         by_round: dict[int, dict[int, str]] = {}
         for m in history[-1]["missing_workers"]:
