@@ -152,11 +152,10 @@ class _Rows:
         f: int,
         line: torch.Tensor | None = None,
     ) -> None:
-        h, k = honest.shape
-        self.probe, self.h, self.f, self.mean = probe, h, f, mean
+        self.probe, self.h, self.f, self.mean = probe, honest.shape[0], f, mean
         self.anchor, self.direction, self.line = anchor, direction, line
-        self.x = honest.new_empty(h + f, k)
-        self.x[:h] = honest
+        self.honest = honest
+        self._x: torch.Tensor | None = None  # written on first use (often never, if exact)
         self.values: dict[float, float] = {}
         self.diffs: dict[float, torch.Tensor] = {}
 
@@ -174,7 +173,10 @@ class _Rows:
     def damage(self, scale: float) -> float:
         if scale in self.values:
             return self.values[scale]
-        h, x = self.h, self.x
+        h, x = self.h, self._x
+        if x is None:
+            x = self._x = self.honest.new_empty(h + self.f, self.honest.shape[1])
+            x[:h] = self.honest
         torch.add(self.anchor, self.direction, alpha=scale, out=x[h])
         x[h + 1 :] = x[h]
         out = self.probe(x, None if self.line is None else self.gram(scale))
