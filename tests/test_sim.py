@@ -171,6 +171,48 @@ def test_worker_momentum_and_server_step():
     torch.testing.assert_close(sim.params, w2, rtol=1e-5, atol=1e-7)
 
 
+def test_round_writes_momenta_and_forged_vectors_into_one_matrix():
+    # the round updates momenta in place in the received matrix; momenta restored from
+    # elsewhere (a checkpoint) are copied in, and the round is the out-of-place computation
+    c = cfg(n_honest=5, f=2, attack="alie", momentum=0.9, aggregator="nnm+trimmed_mean")
+    a, b = Simulation(c), Simulation(c)
+    a.round(1)
+    b.round(1)
+    restored = Simulation(c)
+    restored.momenta = a.momenta.clone()
+    restored.server.load_state_dict(a.server.state_dict())
+    params = a.params.clone()
+    g, _ = a.worker_gradients(a.computing, params, 2)
+    m = torch.lerp(a.momenta.clone(), g, 0.1)
+    expected = torch.cat([m, a.byzantine_vectors(m)])
+    agg = a.aggregator.aggregate(expected)
+    out = a.round(2)
+    assert torch.equal(a.momenta, m)
+    assert torch.equal(a._received, expected)
+    assert torch.equal(out["agg"], agg)
+    restored.round(2)
+    b.round(2)
+    assert torch.equal(restored.params, a.params) and torch.equal(b.params, a.params)
+    assert torch.equal(restored.momenta, a.momenta)
+
+
+def test_keep_large_blocks_is_idempotent_and_can_be_declined(monkeypatch):
+    import platform
+
+    from byzance import _allocator
+
+    _allocator.keep_large_blocks.cache_clear()
+    monkeypatch.setenv("BYZANCE_MALLOC", "default")
+    assert _allocator.keep_large_blocks() is False
+    _allocator.keep_large_blocks.cache_clear()
+    monkeypatch.delenv("BYZANCE_MALLOC")
+    tuned = _allocator.keep_large_blocks()
+    assert tuned is (platform.libc_ver()[0] == "glibc")
+    assert _allocator.keep_large_blocks() is tuned
+    x = torch.ones(3_000_000)  # a block above the default mmap threshold still works
+    assert float(x.sum()) == 3_000_000.0
+
+
 def test_weight_decay_and_server_momentum():
     from byzance.sim.server import Server
 

@@ -51,6 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from byzance._allocator import keep_large_blocks
 from byzance.sim.config import ExperimentConfig
 from byzance.sim.server import Server
 from byzance.sim.workers import FlatModel, Shards, poison_seed
@@ -173,6 +174,12 @@ class Simulation:
         n_compute = self.h + (self.f if self.data_attack else 0)
         self.computing = torch.arange(n_compute, device=self.device)
         self.momenta: torch.Tensor | None = None  # (n_compute, d); None = zeros (round 1)
+        # the server's (n, d) matrix of received vectors, written in place every round: the
+        # honest (and poisoning) workers' momenta first, then the forged vectors (made by the
+        # first round: engines that only use the parts never need it)
+        self._received: torch.Tensor | None = None
+        if self.device.type == "cpu":
+            keep_large_blocks()
         if self.data_attack:
             sig = inspect.signature(attack.poison)  # type: ignore[union-attr]
             self._poison_takes_params = "model_params" in sig.parameters
@@ -244,7 +251,9 @@ class Simulation:
         return (params - local).div_(lr), loss_sum / k_steps
 
     def momentum(self, g: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
-        """Worker momentum ``beta m + (1 - beta) g`` (new tensor; ``m=None``: m_0 = 0)."""
+        """Worker momentum ``beta m + (1 - beta) g`` (new tensor; ``m=None``: m_0 = 0).
+
+        ``round`` computes the same in place, in the rows of the received matrix."""
         beta = self.config.momentum
         if m is None:
             return g * (1.0 - beta)
@@ -317,22 +326,32 @@ class Simulation:
         """Run round ``round_`` (1-based): workers, attack, server step; phase times in ``timings``.
 
         Returns the round's mean honest loss and aggregate as tensors (no host sync for them),
-        the honest vectors, and whether the new parameters are all finite.
+        the honest vectors, and whether the new parameters are all finite. The honest vectors
+        (and ``momenta``) are rows of the received matrix, overwritten by the next round.
         """
         t = self.timings
         h = self.h
         t0 = self.clock()
         g, losses = self.worker_gradients(self.computing, self.params, round_)
-        m = self.momentum(g, self.momenta)
+        if self._received is None:
+            n_rows = g.shape[0] + (self.f if self.gradient_attack else 0)
+            self._received = torch.empty(n_rows, self.dim, device=self.device)
+        vectors = self._received
+        m = vectors[: g.shape[0]]
+        if self.momenta is None:
+            torch.mul(g, 1.0 - self.config.momentum, out=m)  # m_0 = 0
+        else:
+            if self.momenta.data_ptr() != m.data_ptr():  # e.g. restored from a checkpoint
+                m.copy_(self.momenta)
+            m.lerp_(g, 1.0 - self.config.momentum)
         self.momenta = m
         honest = m[:h]
         self._sync()
         t1 = self.clock()
         t["honest_gradients"] += t1 - t0
         if self.gradient_attack:
-            vectors = torch.cat([honest, self.byzantine_vectors(honest)])
-        else:  # data attack: the poisoned workers' momenta; no attack: honest only
-            vectors = m
+            vectors[h:] = self.byzantine_vectors(honest)
+        # else: data attack: the poisoned workers' momenta; no attack: honest only
         self._sync()
         t2 = self.clock()
         t["attack"] += t2 - t1
