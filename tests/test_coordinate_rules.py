@@ -119,8 +119,9 @@ def test_equivariances(seed, n, d):
 EXTREME = [1e30, -1e30, float("inf"), float("-inf"), float("nan")]
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fixture: path flag only
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)  # fixture: path flag only
 @given(
     seed=st.integers(0, 10**6),
     h=st.integers(1, 15),
@@ -131,8 +132,10 @@ def test_resilience_to_extreme_rows(seed, h, d, data, path):
     f = data.draw(st.integers(0, h - 1))  # n = h + f > 2f
     g = torch.Generator().manual_seed(seed)
     honest = torch.randn(h, d, generator=g) * 10
-    bad = torch.tensor(data.draw(st.lists(st.sampled_from(EXTREME), min_size=f * d,
-                                          max_size=f * d)), dtype=torch.float32).reshape(f, d)
+    bad = torch.tensor(
+        data.draw(st.lists(st.sampled_from(EXTREME), min_size=f * d, max_size=f * d)),
+        dtype=torch.float32,
+    ).reshape(f, d)
     x = torch.cat([bad, honest])[torch.randperm(h + f, generator=g)]
     lo, hi = honest.min(0).values, honest.max(0).values
     for rule in (Median(), TrimmedMean(f), Meamed(f)):
@@ -171,8 +174,11 @@ def test_kernel_and_torch_paths_agree():
     for enabled in (True, False):
         C._kernel_enabled = enabled
         try:
-            outs[enabled] = [C.coordinate_median(x), C.coordinate_trimmed_mean(x, 7),
-                             C.closest_to_median_mean(x, 25)]
+            outs[enabled] = [
+                C.coordinate_median(x),
+                C.coordinate_trimmed_mean(x, 7),
+                C.closest_to_median_mean(x, 25),
+            ]
         finally:
             C._kernel_enabled = True
     assert torch.equal(outs[True][0], outs[False][0])  # order statistics: bit-for-bit
@@ -254,3 +260,61 @@ def test_kernel_blocks_small_n_and_non_finite_rows(n, dtype):
             C._kernel_enabled = True
         fast = C.closest_to_median_mean(x, k).numpy()
         np.testing.assert_allclose(fast, slow, rtol=rtol, atol=rtol)
+
+
+def ref_mixed(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``w @ x`` by explicit sums over the non-zero weights only (0 * inf is never formed)."""
+    out = np.zeros((w.shape[0], x.shape[1]))
+    for i in range(w.shape[0]):
+        for j in range(w.shape[1]):
+            if w[i, j] != 0:
+                out[i] = out[i] + w[i, j] * x[j]
+    return out
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    n=st.integers(1, 12),
+    m=st.integers(1, 20),
+    d=st.integers(1, 150),
+    seed=st.integers(0, 10**6),
+    data=st.data(),
+)
+def test_mixed_rows_against_brute_force(n, m, d, seed, data, path):
+    # any (m, n) mixing matrix: signed dyadic weights and integer inputs keep every sum exact,
+    # so ties are exact too and the results are compared bit for bit; some inputs are
+    # non-finite, the mixed rows that use them are non-finite
+    g = np.random.default_rng(seed)
+    x = g.integers(-3, 4, size=(n, d)).astype(np.float64)
+    x[g.random((n, d)) < 0.05] = np.inf
+    x[g.random((n, d)) < 0.05] = -np.inf
+    x[g.random((n, d)) < 0.05] = np.nan
+    w = g.choice([0.0, 0.0, 0.25, 0.5, 1.0, -0.5, 2.0], size=(m, n))
+    f = data.draw(st.integers(0, (m - 1) // 2))
+    with np.errstate(invalid="ignore"):  # inf - inf in the references
+        y = ref_mixed(x, w)
+        want = [ref_median(y), ref_trimmed(y, f) if f else y.mean(axis=0), None]
+        if np.isfinite(y).all():
+            want[2] = ref_meamed(y, f)
+    for dtype in (torch.float32, torch.float64):
+        xt, wt = torch.tensor(x, dtype=dtype), torch.tensor(w, dtype=dtype)
+        got = [
+            C.coordinate_median(xt, mix=wt),
+            C.coordinate_trimmed_mean(xt, f, mix=wt),  # f = 0: the mean of the mixed rows
+            C.closest_to_median_mean(xt, m - f, mix=wt),
+        ]
+        for a, b in zip(got, want, strict=True):
+            if b is not None:
+                np.testing.assert_array_equal(a.numpy(), b.astype(a.numpy().dtype))
+        assert torch.equal(C.mixed_rows(xt, wt).isnan(), torch.tensor(np.isnan(y)))
+
+
+def test_mixed_rows_argument_is_checked():
+    with pytest.raises(ValueError, match=r"mix must be an \(m, n\) matrix for an input of n=3"):
+        C.coordinate_median(torch.zeros(3, 2), mix=torch.ones(2, 4))
+    with pytest.raises(ValueError, match="coordinate_trimmed_mean requires n > 2f, got n=2"):
+        C.coordinate_trimmed_mean(torch.zeros(5, 2), 1, mix=torch.ones(2, 5))
+    with pytest.raises(ValueError, match="closest_to_median_mean requires 1 <= k <= n"):
+        C.closest_to_median_mean(torch.zeros(5, 2), 3, mix=torch.ones(2, 5))

@@ -173,6 +173,34 @@ def test_gram_bad_rows_are_infinitely_far():
     assert torch.isfinite(d2[good][:, good]).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernel", [True, False], ids=["gram-kernel", "gram-torch"])
+def test_distances_and_selections_match_loops_on_both_gram_paths(kernel, dtype, monkeypatch):
+    # the compiled Gram kernel (used for a few rows of large CPU inputs; here forced on small
+    # ones) and the torch product give the distances of the loops and the same selections
+    if kernel and D.numba is None:
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(D, "_kernel_enabled", kernel)
+    monkeypatch.setattr(D, "_KERNEL_MIN_SIZE", 0)
+    exact = kernel or dtype == torch.float64  # float64 products: distances to ~1e-15
+    for seed in range(6):
+        n, f = 7 + seed, 1 + seed % 2
+        x = data(seed, n, 37, dtype)
+        x[seed % n] += 3.0
+        d2, bad = D.sq_distances(x)
+        ref = torch.tensor(ref_sq(x), dtype=torch.float64)
+        assert not bad.any()
+        assert torch.allclose(d2, ref, rtol=1e-12 if exact else 1e-5, atol=1e-12 if exact else 1e-5)
+        sc = ref_krum_scores(x, f)
+        assert torch.equal(Krum(f)(x), x[min(range(n), key=lambda i: (sc[i], i))])
+        torch.testing.assert_close(NNM(f)(x).double(), ref_nnm(x, f), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(MDA(f)(x).double(), ref_mda(x, f), rtol=1e-6, atol=1e-6)
+    x = data(9, 6, 5, dtype)
+    x[1, 2] = float("nan")
+    x[4] = 1e30 if dtype == torch.float32 else 1e200  # squared norm overflows the dtype
+    assert D.sq_distances(x)[1].tolist() == [i in (1, 4) for i in range(6)]
+
+
 # --------------------------------------------------------------------------- Krum family
 
 

@@ -8,9 +8,21 @@ relative error on the distances, 1e2 at 1e-4); ``gram`` detects this from the Gr
 and then recomputes it on the vectors centred on one of them (error back to ~2e-6, ~2.5x the
 cost of one product). Distances are translation invariant, so the origin does not matter.
 
+Compiled Gram kernel. For a few rows (up to ``_KERNEL_ROWS``: 64 float32, 128 float64) of a
+CPU tensor of 2^19 elements or more, when numba is installed, every Gram matrix here (``gram``,
+``centred_gram``, ``ExactGram.of``, and ``attacks.optimal.line_gram``; so also those of
+GeometricMedian and CenteredClipping) comes from a numba kernel instead of BLAS:
+for n = 12, d = 431,080 float32 a BLAS ``X X^T`` is far from its peak (M = N = 12, huge K); the
+kernel reads each value once per 4 x 4 tile of rows, converts (and centres) it in float64 and
+sums exact products in float64, over a fixed number of column groups (bit-for-bit the same
+result for any number of threads). It is both faster (see ``docs/benchmarks.md``) and far more
+accurate than the float32 product: the centred recomputation is only needed when the spread
+of the vectors is below ~1e-5 of their norm (float32 products: ~0.2).
+
 Non-finite inputs. A row is *bad* if it has a non-finite entry or if its squared norm (after
-centring) overflows. Bad rows get distance ``+inf`` to every row, themselves included, so they
-rank last everywhere and are never selected while enough good rows exist.
+centring) overflows (in the input's dtype, whatever the precision of the products). Bad rows
+get distance ``+inf`` to every row, themselves included, so they rank last everywhere and are
+never selected while enough good rows exist.
 
 Exact geometry from outside (``ExactGram``). A caller that knows the exact Gram matrix of the
 rows, while the rows it passes are only a sketch of them (e.g. ``Optimal`` evaluating candidates
@@ -21,7 +33,13 @@ not from the rows; rows that are bad for it, or non-finite in the sketch, are ba
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+
+import numpy as np
 import torch
+
+from byzance.aggregators._coordinate import _launch_lock, _select_threading_layer, numba
 
 INF = float("inf")
 #: elements per column block of the Gram accumulation (16 MiB of float32)
@@ -54,8 +72,11 @@ def _centred_gram(x: torch.Tensor) -> torch.Tensor:
 
 def centred_gram(x: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
     """Gram matrix (float64) of the rows ``x_i - origin``: block products in the input's dtype
-    on centred (hence small) values, accumulated in float64, with one reused block buffer."""
+    on centred (hence small) values, accumulated in float64, with one reused block buffer (or,
+    for a few rows on the CPU, the compiled kernel: centred and multiplied in float64)."""
     n, d = x.shape
+    if _use_kernel(n, x, origin):
+        return _kernel_gram(x, origin)
     step = max(1, min(d, _BLOCK // max(n, 1)))
     buf = torch.empty(n, step, dtype=x.dtype, device=x.device)
     g = torch.zeros(n, n, dtype=torch.float64, device=x.device)
@@ -70,10 +91,12 @@ def centred_gram(x: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
 def _cancellation_risk(g: torch.Tensor, bad: torch.Tensor, eps: float) -> bool:
     """Whether distances from the raw Gram may be inaccurate (relative error above ``_TOL``).
 
-    The rounding error of ``G_ii + G_jj - 2 G_ij`` is about ``K eps (G_ii + G_jj)`` (K ~ 16
-    measured for float32, d = 1e6), to compare with the typical squared distance: the
-    estimate uses the medians over the finite rows (so a few huge or duplicated Byzantine
-    vectors neither trigger nor hide it).
+    The rounding error of ``G_ii + G_jj - 2 G_ij`` is about ``K eps (G_ii + G_jj)``, ``eps``
+    that of the products' dtype (K ~ 16 measured for float32 BLAS, d = 1e6; the float64
+    kernel, eps = 2.2e-16, measured K <= 2.4 up to d = 4e6, so K = 16 is a safe bound for
+    both), to compare with the typical squared distance: the estimate uses the medians over
+    the finite rows (so a few huge or duplicated Byzantine vectors neither trigger nor hide
+    it).
     """
     good = ~bad
     if int(good.sum()) < 2:
@@ -111,6 +134,8 @@ class ExactGram:
             origin = x[_centre_index(x)]
             if not bool(torch.isfinite(origin).all()):
                 origin = torch.zeros_like(origin)
+        if _use_kernel(x.shape[0] + 1, x, origin):  # no copy of x
+            return cls(_kernel_gram(x, origin, extras=[(origin, False)]))
         rows = torch.cat([x, (2 * origin)[None]])  # last row centred on origin: origin itself
         return cls(centred_gram(rows, origin))
 
@@ -169,11 +194,13 @@ def gram(x: torch.Tensor, exact: ExactGram | None = None) -> tuple[torch.Tensor,
     """Return ``(G, bad)``: a float64 Gram matrix of the rows (up to a common origin) and the
     bad-row mask.
 
-    ``G[i, j] = <x_i - o, x_j - o>``, computed in the input's dtype and promoted to float64,
-    where the origin o is 0 (one ``X X^T`` product), or, when the rounding error of the
-    distances derived from it is estimated above ``_TOL`` relative (vectors sharing a large
-    common component compared with their spread), o is one of the inputs (the finite one of
-    median norm) and G is recomputed from the centred rows. Distances do not depend on o.
+    ``G[i, j] = <x_i - o, x_j - o>``, computed in the input's dtype and promoted to float64
+    (for a few rows on the CPU: by the compiled kernel, products in float64, see
+    ``_kernel_gram``), where the origin o is 0 (one ``X X^T`` product), or, when the rounding
+    error of the distances derived from it is estimated above ``_TOL`` relative (vectors
+    sharing a large common component compared with their spread), o is one of the inputs (the
+    finite one of median norm) and G is recomputed from the centred rows. Distances do not
+    depend on o.
     Rows and columns of bad rows are set to 0; ``bad`` is an (n,) bool tensor: the row has a
     non-finite entry or its squared norm overflows.
 
@@ -191,9 +218,12 @@ def gram(x: torch.Tensor, exact: ExactGram | None = None) -> tuple[torch.Tensor,
             bad = bad | odd
             g = torch.where(bad[:, None] | bad[None, :], torch.zeros_like(g), g)
         return g, bad
-    g = torch.mm(x, x.T).double()
+    if _use_kernel(x.shape[0], x):  # products in float64 (exact for float32 inputs)
+        g, eps = _kernel_gram(x), torch.finfo(torch.float64).eps
+    else:
+        g, eps = torch.mm(x, x.T).double(), torch.finfo(x.dtype).eps
     bad = ~torch.isfinite(torch.diagonal(g))
-    if _cancellation_risk(g, bad, torch.finfo(x.dtype).eps):
+    if _cancellation_risk(g, bad, eps):
         g = _centred_gram(x)
         bad = ~torch.isfinite(torch.diagonal(g))
     if bool(bad.any()):
@@ -316,3 +346,272 @@ def weighted_rows(x: torch.Tensor, w: torch.Tensor, bad: torch.Tensor) -> torch.
         used = torch.nonzero(w[r]).flatten()
         out[r] = (w[r, used, None] * x[used]).sum(dim=0)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# compiled fast path of the Gram matrix
+
+#: most rows (extra rows included) for which the kernel replaces BLAS, per input dtype
+#: (measured, see docs/benchmarks.md)
+_KERNEL_ROWS = {torch.float32: 64, torch.float64: 128}
+#: fewest elements (rows x d) for which the kernel is used: below, its fixed cost (a parallel
+#: launch, ~50-100 us) outweighs what it saves (measured, see docs/benchmarks.md)
+_KERNEL_MIN_SIZE = 1 << 19
+#: column groups of the kernel: fixed, so its summation order (every bit of the result) does
+#: not depend on the number of threads
+_GROUPS = 32
+#: bytes of each row read per column block
+_CHUNK = 2048
+
+#: set to False to force the torch fallback (tests compare both paths)
+_kernel_enabled = True
+
+
+def _use_kernel(rows: int, *tensors: torch.Tensor) -> bool:
+    """Whether ``_kernel_gram`` applies to these tensors (rows, origin, extra rows), making a
+    Gram matrix of ``rows`` rows: a few rows of float32/float64 CPU tensors without autograd."""
+    x = tensors[0]
+    return (
+        numba is not None
+        and _kernel_enabled
+        and x.device.type == "cpu"
+        and x.dtype in _KERNEL_ROWS
+        and 1 <= rows <= _KERNEL_ROWS[x.dtype]
+        and rows * x.shape[-1] >= _KERNEL_MIN_SIZE
+        and all(
+            t.device == x.device and t.dtype == x.dtype and not t.requires_grad for t in tensors
+        )
+    )
+
+
+def _kernel_gram(
+    x: torch.Tensor,
+    origin: torch.Tensor | None = None,
+    extras: Sequence[tuple[torch.Tensor, bool]] = (),
+) -> torch.Tensor:
+    """The float64 Gram matrix of the rows ``[x_1 - o, ..., x_n - o, e_1 - c_1 o, ...]`` (no
+    centring of x without ``origin``; ``extras``: up to 3 vectors ``e_k`` with their flags
+    ``c_k``, only with an origin), by the compiled kernel (check ``_use_kernel`` first).
+
+    Every value is converted to float64 and centred there, and the products are taken and
+    summed in float64: exact products for float32 inputs, so the result is about as accurate
+    as a float64 product of the exact rows. A squared norm beyond the largest value of the
+    input's dtype is set to ``+inf``: such a row overflows in its own dtype (as in a product
+    in it), so which rows are bad does not depend on the path taken.
+    """
+    if len(extras) > 3 or (extras and origin is None):
+        raise ValueError("_kernel_gram takes at most 3 extra rows, with an origin")
+    xn = x.detach().contiguous().numpy()
+    on = (x[0] if origin is None else origin).detach().contiguous().numpy()
+    es = [e.detach().contiguous().numpy() for e, _ in extras]
+    flags = np.zeros(3, dtype=np.bool_)
+    flags[: len(extras)] = [c for _, c in extras]
+    es += [on] * (3 - len(es))  # unused slots
+    r = x.shape[0] + len(extras)
+    out = np.empty((r, r), dtype=np.float64)
+    lanes = max(16, _CHUNK // x.element_size())
+    kernel = _gram_kernel(origin is not None)
+    with _launch_lock:
+        kernel(xn, on, es[0], es[1], es[2], len(extras), flags, lanes, _GROUPS, out)
+    g = torch.from_numpy(out)
+    if x.dtype != torch.float64:
+        diag = torch.diagonal(g)
+        over = diag > torch.finfo(x.dtype).max
+        if bool(over.any()):
+            diag[over] = INF
+    return g
+
+
+@functools.lru_cache(maxsize=2)
+def _gram_kernel(centred: bool):  # compiled on first use, once per value of ``centred``
+    _select_threading_layer()
+
+    @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
+    def kernel(x, origin, e0, e1, e2, ne, flags, lanes, groups, out):  # pragma: no cover
+        # Columns are cut into blocks of `lanes`, the blocks into `groups` contiguous runs
+        # (fewer if there are fewer blocks), one run per parallel task with its own partial
+        # sums, added in a fixed order at the end: the result does not depend on the threads.
+        # Every value is converted to float64 (and centred: `centred`, a compile-time
+        # constant, for the rows of x, one origin load for all of them; the flags for the
+        # extra rows) as it is read, so the products of float32 values are exact. Each dot
+        # product is a sum along the lanes of a block (vectorised: "reassoc" allows it; no
+        # "nnan"/"ninf", so inf and NaN propagate as in any matrix product), 4 rows against 4
+        # others at a time: 8 loads for 16 multiply-adds (10 in the 4 x 4 tiles on the
+        # diagonal). Rows of x past n (padding to a multiple of 4) repeat its last row, the
+        # extra rows are a 4-row tile (unused ones repeat the origin or are 0): the sums of
+        # padding rows are never read.
+        n, d = x.shape
+        n4 = (n + 3) // 4 * 4
+        size = n4 + 4  # partial sums: rows of x (padded), then the tile of extra rows
+        blocks = (d + lanes - 1) // lanes
+        groups = min(groups, blocks)
+        per = (blocks + groups - 1) // groups if groups > 0 else 0
+        # no array expression outside the prange: numba would run each as one more
+        # parallel launch (~50 us each)
+        part = np.empty((max(groups, 1), size, size))
+        for grp in numba.prange(groups):
+            acc = part[grp]
+            acc[:, :] = 0.0
+            zero = np.zeros(lanes, dtype=x.dtype)
+            for blk in range(grp * per, min(blocks, (grp + 1) * per)):
+                j0 = blk * lanes
+                w = min(lanes, d - j0)
+                o = origin[j0 : j0 + w]
+                z = zero[:w]
+                # the extra rows e_k - c_k o, each with its own origin (o or 0)
+                f0 = e0[j0 : j0 + w]
+                f1 = e1[j0 : j0 + w]
+                f2 = e2[j0 : j0 + w]
+                q0 = o if flags[0] else z
+                q1 = o if flags[1] else z
+                q2 = o if flags[2] else z
+                for a in range(0, n4 + 4 * (ne > 0), 4):
+                    if a < n4:
+                        a0 = x[a, j0 : j0 + w]
+                        a1 = x[min(a + 1, n - 1), j0 : j0 + w]
+                        a2 = x[min(a + 2, n - 1), j0 : j0 + w]
+                        a3 = x[min(a + 3, n - 1), j0 : j0 + w]
+                        s00 = s01 = s02 = s03 = s11 = s12 = s13 = s22 = s23 = s33 = 0.0
+                        for lane in range(w):
+                            v0 = np.float64(a0[lane])
+                            v1 = np.float64(a1[lane])
+                            v2 = np.float64(a2[lane])
+                            v3 = np.float64(a3[lane])
+                            if centred:
+                                c = np.float64(o[lane])
+                                v0 -= c
+                                v1 -= c
+                                v2 -= c
+                                v3 -= c
+                            s00 += v0 * v0
+                            s01 += v0 * v1
+                            s02 += v0 * v2
+                            s03 += v0 * v3
+                            s11 += v1 * v1
+                            s12 += v1 * v2
+                            s13 += v1 * v3
+                            s22 += v2 * v2
+                            s23 += v2 * v3
+                            s33 += v3 * v3
+                    else:  # the tile of extra rows on the diagonal
+                        s00 = s01 = s02 = s03 = s11 = s12 = s13 = s22 = s23 = s33 = 0.0
+                        for lane in range(w):
+                            v0 = np.float64(f0[lane]) - np.float64(q0[lane])
+                            v1 = np.float64(f1[lane]) - np.float64(q1[lane])
+                            v2 = np.float64(f2[lane]) - np.float64(q2[lane])
+                            s00 += v0 * v0
+                            s01 += v0 * v1
+                            s02 += v0 * v2
+                            s11 += v1 * v1
+                            s12 += v1 * v2
+                            s22 += v2 * v2
+                    acc[a, a] += s00
+                    acc[a, a + 1] += s01
+                    acc[a, a + 2] += s02
+                    acc[a, a + 3] += s03
+                    acc[a + 1, a + 1] += s11
+                    acc[a + 1, a + 2] += s12
+                    acc[a + 1, a + 3] += s13
+                    acc[a + 2, a + 2] += s22
+                    acc[a + 2, a + 3] += s23
+                    acc[a + 3, a + 3] += s33
+                    if a >= n4:
+                        continue
+                    for b in range(a + 4, n4 + 4 * (ne > 0), 4):
+                        s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = 0.0
+                        s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = 0.0
+                        if b < n4:  # rows of x against rows of x
+                            b0 = x[b, j0 : j0 + w]
+                            b1 = x[min(b + 1, n - 1), j0 : j0 + w]
+                            b2 = x[min(b + 2, n - 1), j0 : j0 + w]
+                            b3 = x[min(b + 3, n - 1), j0 : j0 + w]
+                            for lane in range(w):
+                                u0 = np.float64(b0[lane])
+                                u1 = np.float64(b1[lane])
+                                u2 = np.float64(b2[lane])
+                                u3 = np.float64(b3[lane])
+                                v0 = np.float64(a0[lane])
+                                v1 = np.float64(a1[lane])
+                                v2 = np.float64(a2[lane])
+                                v3 = np.float64(a3[lane])
+                                if centred:
+                                    c = np.float64(o[lane])
+                                    u0 -= c
+                                    u1 -= c
+                                    u2 -= c
+                                    u3 -= c
+                                    v0 -= c
+                                    v1 -= c
+                                    v2 -= c
+                                    v3 -= c
+                                s00 += v0 * u0
+                                s01 += v0 * u1
+                                s02 += v0 * u2
+                                s03 += v0 * u3
+                                s10 += v1 * u0
+                                s11 += v1 * u1
+                                s12 += v1 * u2
+                                s13 += v1 * u3
+                                s20 += v2 * u0
+                                s21 += v2 * u1
+                                s22 += v2 * u2
+                                s23 += v2 * u3
+                                s30 += v3 * u0
+                                s31 += v3 * u1
+                                s32 += v3 * u2
+                                s33 += v3 * u3
+                        else:  # rows of x against the extra rows (the 4th is padding)
+                            for lane in range(w):
+                                u0 = np.float64(f0[lane]) - np.float64(q0[lane])
+                                u1 = np.float64(f1[lane]) - np.float64(q1[lane])
+                                u2 = np.float64(f2[lane]) - np.float64(q2[lane])
+                                v0 = np.float64(a0[lane])
+                                v1 = np.float64(a1[lane])
+                                v2 = np.float64(a2[lane])
+                                v3 = np.float64(a3[lane])
+                                if centred:
+                                    c = np.float64(o[lane])
+                                    v0 -= c
+                                    v1 -= c
+                                    v2 -= c
+                                    v3 -= c
+                                s00 += v0 * u0
+                                s01 += v0 * u1
+                                s02 += v0 * u2
+                                s10 += v1 * u0
+                                s11 += v1 * u1
+                                s12 += v1 * u2
+                                s20 += v2 * u0
+                                s21 += v2 * u1
+                                s22 += v2 * u2
+                                s30 += v3 * u0
+                                s31 += v3 * u1
+                                s32 += v3 * u2
+                        acc[a, b] += s00
+                        acc[a, b + 1] += s01
+                        acc[a, b + 2] += s02
+                        acc[a, b + 3] += s03
+                        acc[a + 1, b] += s10
+                        acc[a + 1, b + 1] += s11
+                        acc[a + 1, b + 2] += s12
+                        acc[a + 1, b + 3] += s13
+                        acc[a + 2, b] += s20
+                        acc[a + 2, b + 1] += s21
+                        acc[a + 2, b + 2] += s22
+                        acc[a + 2, b + 3] += s23
+                        acc[a + 3, b] += s30
+                        acc[a + 3, b + 1] += s31
+                        acc[a + 3, b + 2] += s32
+                        acc[a + 3, b + 3] += s33
+        r = n + ne
+        for i in range(r):  # fixed order: group 0, 1, ...
+            pi = i if i < n else n4 + i - n
+            for j in range(i, r):
+                pj = j if j < n else n4 + j - n
+                s = 0.0
+                for grp in range(groups):
+                    s += part[grp, pi, pj]
+                out[i, j] = s
+                out[j, i] = s
+
+    return kernel

@@ -5,7 +5,38 @@ from __future__ import annotations
 import torch
 
 from byzance.aggregators._distances import ExactGram
-from byzance.aggregators.base import Aggregator, PreAggregator, apply_pre, apply_rule
+from byzance.aggregators.base import (
+    Aggregator,
+    PreAggregator,
+    _defines,
+    _rule_takes_gram,
+    apply_pre,
+    apply_rule,
+)
+
+
+def _provides(obj: object, method: str, *over: str) -> bool:
+    """Whether ``obj`` has ``method`` from a class at least as derived as the ones defining the
+    methods ``over``, none of them set on the instance itself (a subclass or an instance that
+    overrides only those has them used, not ``method``)."""
+    owner = _defines(type(obj), method)
+    own = getattr(obj, "__dict__", {})
+    return (
+        owner is not None
+        and not any(name in own for name in over)
+        and all(issubclass(owner, _defines(type(obj), name) or object) for name in over)
+    )
+
+
+def _fusable(step: PreAggregator, rule: Aggregator, gram: ExactGram | None) -> bool:
+    """Whether ``rule(step(x))`` can run as ``rule.aggregate_mixed(x, W)``: ``step`` is a
+    mixing ``y = W x`` exposing ``mixing(x, gram, geometry=...) -> (W, gram_y)`` (NNM) and
+    ``rule`` reduces ``W @ x`` itself (Median, TrimmedMean, Meamed), needing no geometry."""
+    return (
+        _provides(step, "mixing", "transform", "transform_with_gram")
+        and _provides(rule, "aggregate_mixed", "aggregate")
+        and (gram is None or not _rule_takes_gram(type(rule)))
+    )
 
 
 class Chain(Aggregator):
@@ -17,6 +48,9 @@ class Chain(Aggregator):
     ``aggregate(x, gram=...)`` propagates an exact geometry of the rows (``ExactGram``)
     through the pre-aggregators that transform it (``transform_with_gram``) to the rule; after
     a step that cannot, the following steps compute theirs from their input.
+
+    A mixing last (NNM) in front of a coordinate-wise rule (Median, TrimmedMean, Meamed) is
+    fused into the rule: the mixed vectors are never formed (see ``aggregate``).
     """
 
     name = "chain"
@@ -55,7 +89,13 @@ class Chain(Aggregator):
         self, x: torch.Tensor, gram: ExactGram | None
     ) -> tuple[torch.Tensor, ExactGram | None]:
         """The pre-aggregated vectors and their exact geometry (None once it is lost)."""
-        for step in self.pre:
+        return self._run(self.pre, x, gram)
+
+    @staticmethod
+    def _run(
+        steps: tuple[PreAggregator, ...], x: torch.Tensor, gram: ExactGram | None
+    ) -> tuple[torch.Tensor, ExactGram | None]:
+        for step in steps:
             if gram is None:
                 x = step.transform(x)
             else:
@@ -63,9 +103,15 @@ class Chain(Aggregator):
         return x, gram
 
     def aggregate(self, x: torch.Tensor, gram: ExactGram | None = None) -> torch.Tensor:
-        if gram is None:
-            return self.rule.aggregate(self.transform(x))
-        y, gram = self.transform_with_gram(x, gram)
+        """``rule(pre_k(...pre_1(x)))``. When the last pre-aggregator is a mixing ``W x``
+        (``NNM.mixing``) and the rule reduces ``W @ x`` itself (``aggregate_mixed``: Median,
+        TrimmedMean, Meamed), the (m, d) mixed vectors are never formed: the rule gets the
+        input of the mixing and W (same result up to the rounding of the sums)."""
+        if self.pre and _fusable(self.pre[-1], self.rule, gram):
+            x, gram = self._run(self.pre[:-1], x, gram)
+            w, _ = self.pre[-1].mixing(x, gram, geometry=False)  # the rule takes no gram
+            return self.rule.aggregate_mixed(x, w)
+        y, gram = self._run(self.pre, x, gram)
         return apply_rule(self.rule, y, gram)
 
     def __repr__(self) -> str:

@@ -3,6 +3,11 @@
 Each works independently on every coordinate of the (n, d) input. Non-finite values: NaN is
 ranked like ``+inf`` (sorted to the end), ``+inf``/``-inf`` like huge values. With at most
 f < n/2 non-finite or huge inputs per coordinate the output stays finite.
+
+``aggregate_mixed(x, w)`` is ``aggregate(w @ x)`` for an (m, n) mixing matrix ``w`` (zero
+weights skipped, see ``_coordinate.mixed_rows``), computed without forming the m mixed rows:
+``Chain`` uses it after a pre-aggregator that is a mixing (``NNM.mixing``). The rule's
+condition then applies to the m mixed rows.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ class Median(Aggregator):
     def aggregate(self, x: torch.Tensor) -> torch.Tensor:
         return coordinate_median(x)
 
+    def aggregate_mixed(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``aggregate(w @ x)`` without forming ``w @ x`` (see the module docstring)."""
+        return coordinate_median(x, mix=w)
+
 
 class TrimmedMean(Aggregator):
     """Coordinate-wise trimmed mean (Yin et al., ICML 2018).
@@ -49,6 +58,10 @@ class TrimmedMean(Aggregator):
 
     def aggregate(self, x: torch.Tensor) -> torch.Tensor:
         return coordinate_trimmed_mean(x, self.f)
+
+    def aggregate_mixed(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``aggregate(w @ x)`` without forming ``w @ x`` (see the module docstring)."""
+        return coordinate_trimmed_mean(x, self.f, mix=w)
 
 
 class Meamed(Aggregator):
@@ -71,3 +84,7 @@ class Meamed(Aggregator):
 
     def aggregate(self, x: torch.Tensor) -> torch.Tensor:
         return closest_to_median_mean(x, x.shape[0] - self.f)
+
+    def aggregate_mixed(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``aggregate(w @ x)`` without forming ``w @ x`` (see the module docstring)."""
+        return closest_to_median_mean(x, w.shape[0] - self.f, mix=w)

@@ -28,7 +28,9 @@ class NNM(PreAggregator):
     non-finite entry are never a neighbour while n - f finite inputs exist (also for
     themselves: a non-finite input is replaced by the mean of n - f finite ones).
     With an exact geometry of the inputs (``transform_with_gram``) the neighbours come from it
-    and the output's geometry is ``W G W^T`` (W the mixing matrix).
+    and the output's geometry is ``W G W^T`` (W the mixing matrix). In a ``Chain`` in front of
+    a coordinate-wise rule (Median, TrimmedMean, Meamed) the product is not formed: the rule
+    reduces ``W @ x`` block by block (``mixing``, ``aggregate_mixed``).
     """
 
     name = "nnm"
@@ -47,11 +49,28 @@ class NNM(PreAggregator):
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         return self.transform_with_gram(x, None)[0]
 
+    def _weights(
+        self, x: torch.Tensor, gram: ExactGram | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (n, n) mixing matrix (x's dtype) and the bad-row mask."""
+        n = x.shape[0]
+        d2, bad = sq_distances(x, gram)
+        return selection_weights(nearest(d2, bad, n - self.f), n, x.dtype, x.device), bad
+
+    def mixing(
+        self, x: torch.Tensor, gram: ExactGram | None = None, *, geometry: bool = True
+    ) -> tuple[torch.Tensor, ExactGram | None]:
+        """The mixing matrix W (n x n, x's dtype; row i puts ``1 / (n - f)`` on each of the
+        neighbours of input i) and the exact geometry of the output (``gram.linear(W)``; None
+        without ``gram`` or with ``geometry=False``), without forming the output:
+        ``transform(x)`` is ``W @ x`` with zero weights skipped (``_distances.weighted_rows``).
+        ``Chain`` hands W to a rule that reduces ``W @ x`` on the fly (``aggregate_mixed`` of
+        the coordinate-wise rules)."""
+        w, _ = self._weights(x, gram)
+        return w, (gram.linear(w) if gram is not None and geometry else None)
+
     def transform_with_gram(
         self, x: torch.Tensor, gram: ExactGram | None
     ) -> tuple[torch.Tensor, ExactGram | None]:
-        n = x.shape[0]
-        d2, bad = sq_distances(x, gram)
-        w = selection_weights(nearest(d2, bad, n - self.f), n, x.dtype, x.device)
-        y = weighted_rows(x, w, bad)
-        return y, (None if gram is None else gram.linear(w))
+        w, bad = self._weights(x, gram)
+        return weighted_rows(x, w, bad), (None if gram is None else gram.linear(w))

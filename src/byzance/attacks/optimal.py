@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from byzance.aggregators._distances import _BLOCK, ExactGram
+from byzance.aggregators._distances import _BLOCK, ExactGram, _kernel_gram, _use_kernel
 from byzance.aggregators.base import apply_rule
 from byzance.attacks.alie import ALittleIsEnough
 from byzance.attacks.base import Attack, LinearAttack, check_int, check_real
@@ -112,11 +112,15 @@ def line_gram(
     """The float64 (h + 3, h + 3) Gram matrix of ``[honest - o; anchor - o; direction; o]``.
 
     One pass over the full vectors, over column blocks (products in the input's dtype on
-    centred values, accumulated in float64, as ``_distances.centred_gram``). Every candidate's
+    centred values, accumulated in float64, as ``_distances.centred_gram``; for a few rows on
+    the CPU, the compiled kernel, products in float64, no copy of the rows). Every candidate's
     exact geometry is a 2 x 2 combination of it (see ``_Rows.gram``).
     """
     h, d = honest.shape
     m = h + 3
+    if _use_kernel(m, honest, origin, anchor, direction):
+        extras = [(anchor, True), (direction, False), (origin, False)]
+        return _kernel_gram(honest, origin, extras)
     step = max(1, min(d, _BLOCK // m))
     buf = honest.new_empty(m, step)
     g = torch.zeros(m, m, dtype=torch.float64, device=honest.device)
