@@ -61,6 +61,35 @@ def test_alie_is_mean_minus_z_std():
     assert torch.allclose(out, expected.expand(2, 2))
 
 
+@pytest.mark.parametrize("h, d", [(1, 600_000), (2, 262_145), (10, 431_080), (33, 20_000)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_alie_line_kernel_agrees_with_the_torch_path(monkeypatch, h, d, dtype):
+    from byzance.attacks import alie
+
+    if alie.numba is None:
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(alie, "_KERNEL_MIN_SIZE", 1)
+    g = torch.Generator().manual_seed(h + d)
+    x = (torch.randn(h, d, generator=g, dtype=torch.float64) * 1e-2 + 3.0).to(dtype)
+    x[0, 7] = float("inf")
+    x[-1, 11] = float("nan")
+    assert alie._use_kernel(x)
+    mean, direction = alie.honest_line(x)
+    monkeypatch.setattr(alie, "_kernel_enabled", False)
+    ref_mean, ref_direction = alie.honest_line(x)
+    assert mean.dtype == direction.dtype == dtype
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(mean, ref_mean, rtol=tol, atol=0, equal_nan=True)
+    torch.testing.assert_close(direction, ref_direction, rtol=1e-4, atol=tol, equal_nan=True)
+    if h == 1:  # one honest vector: no spread
+        assert float(direction[100]) == 0.0
+    # against float64 by hand on a finite coordinate
+    col = x[:, 100].double()
+    assert abs(float(mean[100]) - float(col.mean())) <= 1e-6 * 3
+    if h > 1:
+        assert abs(-float(direction[100]) - float(col.std())) <= 1e-4 * float(col.std()) + 1e-9
+
+
 @pytest.mark.parametrize(
     ("n", "f", "z"),
     [(50, 12, 0.5828), (30, 7, 0.5244), (25, 5, 0.4677), (50, 24, 1.7507), (11, 1, 0.1142)],
@@ -542,8 +571,15 @@ def test_line_gram_gives_the_gram_of_the_materialised_candidates():
     f, honest = 3, cloud(9, 500, dtype=torch.float32)
     anchor, direction = atk.ALittleIsEnough().line(honest, f)
     mean = honest.mean(0)
-    rows = _Rows(Probe(agg.Average()), honest, mean, anchor, direction, f,
-                 line_gram(honest, mean, anchor, direction))
+    rows = _Rows(
+        Probe(agg.Average()),
+        honest,
+        mean,
+        anchor,
+        direction,
+        f,
+        line_gram(honest, mean, anchor, direction),
+    )
     for s in (0.0, 0.7, 3.0, 50.0):
         x = torch.cat([honest, (anchor + s * direction).expand(f, -1)]).double()
         g = rows.gram(s)

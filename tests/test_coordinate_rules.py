@@ -186,6 +186,26 @@ def test_kernel_and_torch_paths_agree():
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_single_threaded_and_parallel_kernels_give_the_same_bits(monkeypatch):
+    if C.numba is None:
+        pytest.skip("numba not installed")
+    x = torch.randn(12, 3000)
+    x[2, ::9] = float("nan")
+    w = torch.zeros(12, 12)
+    w[:, :10] = 0.1
+    outs = {}
+    for size in (1 << 40, 1):  # every input single-threaded, then every input parallel
+        monkeypatch.setattr(C, "_PARALLEL_MIN_SIZE", size)
+        outs[size] = [
+            C.coordinate_median(x),
+            C.coordinate_trimmed_mean(x, 2),
+            C.closest_to_median_mean(x, 9),
+            C.coordinate_trimmed_mean(x, 2, mix=w),
+        ]
+    for a, b in zip(outs[1 << 40], outs[1], strict=True):
+        assert torch.equal(a, b)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match=r"TrimmedMean requires n > 2f, got n=4, f=2"):
         TrimmedMean(2)(torch.zeros(4, 3))

@@ -222,7 +222,7 @@ def _run_kernel(x: torch.Tensor, mix: torch.Tensor | None, mode: int, param: int
         mn = np.ascontiguousarray(mix.detach().to(x.dtype).numpy())
     lo, hi = _network(mn.shape[0] if mix is not None else x.shape[0])
     out = np.empty(x.shape[1], dtype=xn.dtype)
-    kernel = _kernel()
+    kernel = _kernel(xn.size >= _PARALLEL_MIN_SIZE)
     with _launch_lock:
         kernel(xn, mn, mix is not None, lo, hi, mode, param, out)
     return torch.from_numpy(out)
@@ -248,12 +248,18 @@ def _select_threading_layer() -> None:
         numba.config.THREADING_LAYER = "workqueue"
 
 
-@functools.lru_cache(maxsize=1)
-def _kernel():  # compiled on first use
-    _select_threading_layer()
+#: fewest input elements for the parallel kernel: below, the single-threaded one is faster
+#: (a parallel launch costs ~50-100 us, e.g. 0.3 ms against 0.1 ms at n=12, d=16384)
+_PARALLEL_MIN_SIZE = 1 << 19
+
+
+@functools.lru_cache(maxsize=2)
+def _kernel(parallel: bool = True):  # compiled on first use
+    if parallel:
+        _select_threading_layer()
     lanes = _LANES
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
+    @numba.njit(parallel=parallel, cache=True, nogil=True)
     def kernel(x, mix, mixed, lo, hi, mode, param, out):  # pragma: no cover - compiled
         # Every inner loop runs over the lanes of one row of the block (contiguous, so it is
         # vectorised); a loop over the rows of one lane would not be, and cost 3-4x.

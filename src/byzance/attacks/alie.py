@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from statistics import NormalDist
 
+import numpy as np
 import torch
 
+from byzance.aggregators._coordinate import _launch_lock, _select_threading_layer, numba
 from byzance.attacks.base import LinearAttack, check_real
+
+#: fewest elements (h x d) for the compiled one-pass kernel (below: torch, cheaper to launch)
+_KERNEL_MIN_SIZE = 1 << 19
+#: set to False to force the torch path (tests compare both)
+_kernel_enabled = True
 
 
 def alie_z_max(n: int, f: int) -> float:
@@ -37,10 +45,73 @@ def honest_line(honest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ``torch.std_mean``, which is 10-30x slower on a wide (h, d) input reduced over dim 0).
     """
     h = honest.shape[0]
+    if _use_kernel(honest):
+        return _line_kernel(honest)
     mean = honest.mean(dim=0)
     dev = honest - mean
     var = dev.mul_(dev).sum(dim=0)
     return mean, var.div_(max(h - 1, 1)).sqrt_().neg_()
+
+
+def _use_kernel(x: torch.Tensor) -> bool:
+    return (
+        numba is not None
+        and _kernel_enabled
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and not x.requires_grad
+        and x.dim() == 2
+        and x.numel() >= _KERNEL_MIN_SIZE
+    )
+
+
+def _line_kernel(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``honest_line`` in one pass over ``x`` (the torch path reads it four times and writes
+    an (h, d) temporary): per block of coordinates, the mean then the sum of squared
+    deviations, both accumulated in float64, in the block's cache lines."""
+    xn = np.ascontiguousarray(x.detach().numpy())
+    mean = np.empty(xn.shape[1], dtype=xn.dtype)
+    direction = np.empty(xn.shape[1], dtype=xn.dtype)
+    kernel = _compiled()
+    with _launch_lock:
+        kernel(xn, mean, direction)
+    return torch.from_numpy(mean), torch.from_numpy(direction)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled():  # compiled on first use
+    _select_threading_layer()
+    lanes = 256
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def kernel(x, mean, direction):  # pragma: no cover - compiled
+        # inner loops run along the coordinates of one row (contiguous: vectorised)
+        h, d = x.shape
+        blocks = (d + lanes - 1) // lanes
+        scale = 1.0 / h
+        denom = 1.0 / max(h - 1, 1)
+        for blk in numba.prange(blocks):
+            j0 = blk * lanes
+            w = min(lanes, d - j0)
+            acc = np.zeros(lanes, dtype=np.float64)
+            for i in range(h):
+                row = x[i, j0 : j0 + w]
+                for lane in range(w):
+                    acc[lane] += row[lane]
+            mu = np.empty(lanes, dtype=np.float64)
+            for lane in range(w):
+                mu[lane] = acc[lane] * scale
+                acc[lane] = 0.0
+            for i in range(h):
+                row = x[i, j0 : j0 + w]
+                for lane in range(w):
+                    dev = row[lane] - mu[lane]
+                    acc[lane] += dev * dev
+            for lane in range(w):
+                mean[j0 + lane] = mu[lane]
+                direction[j0 + lane] = -np.sqrt(acc[lane] * denom)
+
+    return kernel
 
 
 class ALittleIsEnough(LinearAttack):
