@@ -7,7 +7,7 @@ beyond the trim threshold is given back too. A simulator round allocates the sam
 megabytes-to-tens-of-megabytes tensors every round (activations, per-worker gradients, the
 (n, d) matrix of received vectors), so it paid those page faults every round: on the
 Fashion-MNIST CNN round of ``benchmarks/simulator.py`` (2 cores), the honest gradients took
-73 ms instead of 58 ms and an evaluation of the test set 1.4 s instead of 0.9 s.
+73 ms instead of 58-64 ms and an evaluation of the test set 1.4 s instead of 0.9 s.
 
 ``keep_large_blocks()`` sets the mmap threshold to its maximum and a large trim threshold,
 so that such blocks are reused from the heap round after round. The cost is memory: up to

@@ -36,6 +36,10 @@ vectors and momenta; a gradient attack crafts f vectors from the honest momenta;
 aggregates the n received vectors (only the honest ones with ``attack="none"``) and steps.
 If the parameters become non-finite the run stops and is marked ``diverged`` (its accuracy is
 chance, 1 / num_classes). Same config and seed give bit-identical histories on CPU.
+
+On a CPU under Linux with glibc, a ``Simulation`` makes malloc keep blocks of up to 32 MiB in
+its heap instead of mapping and faulting them in afresh every round (process-wide, see
+``byzance._allocator``; ``BYZANCE_MALLOC=default`` declines).
 """
 
 from __future__ import annotations
