@@ -190,16 +190,26 @@ except ImportError:  # pragma: no cover - exercised when numba is absent
 _LANES = 128  # coordinates sorted together by one pass of the network
 
 
-def _use_kernel(x: torch.Tensor, mix: torch.Tensor | None = None, rows: int | None = None) -> bool:
-    """Whether the kernel runs: numba, a CPU float32/float64 input without grad, > 1 row to
-    reduce (``rows``: n, or m with a mixing matrix, which must then be on the CPU too)."""
-    rows = x.shape[0] if rows is None else rows
+def compiled_input(x: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether a compiled (numba) kernel can take ``x``: numba is installed and ``x`` is a CPU
+    float32/float64 tensor without autograd; ``others`` (e.g. an origin) on the CPU with the
+    same dtype, without autograd. Each kernel adds its own conditions (sizes, a switch)."""
     return (
         numba is not None
-        and _kernel_enabled
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
         and not x.requires_grad
+        and all(t.device == x.device and t.dtype == x.dtype and not t.requires_grad for t in others)
+    )
+
+
+def _use_kernel(x: torch.Tensor, mix: torch.Tensor | None = None, rows: int | None = None) -> bool:
+    """Whether the kernel runs: ``compiled_input(x)``, > 1 row to reduce (``rows``: n, or m
+    with a mixing matrix, which must then be on the CPU too)."""
+    rows = x.shape[0] if rows is None else rows
+    return (
+        _kernel_enabled
+        and compiled_input(x)
         and rows > 1
         and (mix is None or (mix.device.type == "cpu" and not mix.requires_grad))
     )

@@ -39,7 +39,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from byzance.aggregators._coordinate import _launch_lock, _select_threading_layer, numba
+from byzance.aggregators._coordinate import (
+    _launch_lock,
+    _select_threading_layer,
+    compiled_input,
+    numba,
+)
 
 INF = float("inf")
 #: elements per column block of the Gram accumulation (16 MiB of float32)
@@ -372,15 +377,10 @@ def _use_kernel(rows: int, *tensors: torch.Tensor) -> bool:
     Gram matrix of ``rows`` rows: a few rows of float32/float64 CPU tensors without autograd."""
     x = tensors[0]
     return (
-        numba is not None
-        and _kernel_enabled
-        and x.device.type == "cpu"
-        and x.dtype in _KERNEL_ROWS
+        _kernel_enabled
+        and compiled_input(*tensors)
         and 1 <= rows <= _KERNEL_ROWS[x.dtype]
         and rows * x.shape[-1] >= _KERNEL_MIN_SIZE
-        and all(
-            t.device == x.device and t.dtype == x.dtype and not t.requires_grad for t in tensors
-        )
     )
 
 

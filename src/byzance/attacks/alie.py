@@ -9,7 +9,12 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
-from byzance.aggregators._coordinate import _launch_lock, _select_threading_layer, numba
+from byzance.aggregators._coordinate import (
+    _launch_lock,
+    _select_threading_layer,
+    compiled_input,
+    numba,
+)
 from byzance.attacks.base import LinearAttack, check_real
 
 #: fewest elements (h x d) for the compiled one-pass kernel (below: torch, cheaper to launch)
@@ -54,15 +59,7 @@ def honest_line(honest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _use_kernel(x: torch.Tensor) -> bool:
-    return (
-        numba is not None
-        and _kernel_enabled
-        and x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
-        and not x.requires_grad
-        and x.dim() == 2
-        and x.numel() >= _KERNEL_MIN_SIZE
-    )
+    return _kernel_enabled and compiled_input(x) and x.dim() == 2 and x.numel() >= _KERNEL_MIN_SIZE
 
 
 def _line_kernel(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
