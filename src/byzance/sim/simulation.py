@@ -339,7 +339,7 @@ class Simulation:
         g, losses = self.worker_gradients(self.computing, self.params, round_)
         if self._received is None:
             n_rows = g.shape[0] + (self.f if self.gradient_attack else 0)
-            self._received = torch.empty(n_rows, self.dim, device=self.device)
+            self._received = g.new_empty(n_rows, self.dim)
         vectors = self._received
         m = vectors[: g.shape[0]]
         if self.momenta is None:
