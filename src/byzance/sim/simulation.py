@@ -11,8 +11,8 @@ its flat parameters, the server's pipeline and the attack); ``run()`` (or
     ``n_honest..n_honest+f-1`` are Byzantine and, under a data-poisoning attack, compute honest
     gradients on poisoned batches. Each worker's batch depends only on (seed, id, round, step)
     (see ``workers.Shards.sample_indices``), so any subset gives the same rows as the full set.
-``momentum(g, m)``
-    worker momentum ``beta m + (1 - beta) g`` (out of place; ``m=None`` means ``m_0 = 0``).
+``momentum(g, m, out=None)``
+    worker momentum ``beta m + (1 - beta) g`` (``m=None`` means ``m_0 = 0``; into ``out``).
 ``byzantine_vectors(honest)``
     the f vectors of a gradient attack given the honest vectors (h, d) actually sent.
 ``server_step(vectors, round_)``
@@ -254,14 +254,19 @@ class Simulation:
             loss_sum += loss
         return (params - local).div_(lr), loss_sum / k_steps
 
-    def momentum(self, g: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
-        """Worker momentum ``beta m + (1 - beta) g`` (new tensor; ``m=None``: m_0 = 0).
-
-        ``round`` computes the same in place, in the rows of the received matrix."""
+    def momentum(
+        self, g: torch.Tensor, m: torch.Tensor | None, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Worker momentum ``beta m + (1 - beta) g`` (``m=None``: m_0 = 0), as a new tensor or
+        written into ``out`` (``round`` writes it into the rows of the received matrix)."""
         beta = self.config.momentum
         if m is None:
-            return g * (1.0 - beta)
-        return torch.lerp(m, g, 1.0 - beta)
+            return torch.mul(g, 1.0 - beta, out=out)
+        if out is None:
+            return torch.lerp(m, g, 1.0 - beta)
+        if m.data_ptr() != out.data_ptr():  # e.g. momenta restored from a checkpoint
+            out.copy_(m)
+        return out.lerp_(g, 1.0 - beta)
 
     def byzantine_vectors(self, honest: torch.Tensor) -> torch.Tensor:
         """The f vectors sent by a gradient attack that sees the honest vectors (h, d)."""
@@ -341,13 +346,7 @@ class Simulation:
             n_rows = g.shape[0] + (self.f if self.gradient_attack else 0)
             self._received = g.new_empty(n_rows, self.dim)
         vectors = self._received
-        m = vectors[: g.shape[0]]
-        if self.momenta is None:
-            torch.mul(g, 1.0 - self.config.momentum, out=m)  # m_0 = 0
-        else:
-            if self.momenta.data_ptr() != m.data_ptr():  # e.g. restored from a checkpoint
-                m.copy_(self.momenta)
-            m.lerp_(g, 1.0 - self.config.momentum)
+        m = self.momentum(g, self.momenta, out=vectors[: g.shape[0]])
         self.momenta = m
         honest = m[:h]
         self._sync()
