@@ -13,7 +13,9 @@ Printed, all measured in the same run (ratios are what matters on a shared machi
   (batch gathering, vmapped per-worker gradients, momentum), attack, aggregation, update and
   evaluation of the full test set every ``--eval-every`` rounds (amortised per round);
 * with ``--loop``: the honest-gradient phase done the usual way, a Python loop over workers
-  with one forward/backward each, on the same batches.
+  with one forward/backward each, on the same batches;
+* with ``--vmap``: the per-worker gradients by ``vmap(grad(...))`` over the stacked batches
+  (the reference that the simulator's one pass over the concatenated batch replaces).
 
 Usage: ``python benchmarks/simulator.py [--rounds 30] [--data-dir DIR] [--device cpu]
 [--loop] [--threads N] [--attack optimal_alie] [--aggregator nnm+trimmed_mean]``.
@@ -77,6 +79,12 @@ def loop_gradients(sim: Simulation, params: torch.Tensor, round_: int) -> torch.
     return out
 
 
+def vmap_gradients(sim: Simulation, params: torch.Tensor, round_: int) -> torch.Tensor:
+    """Honest gradients by the vmapped reference on this round's batches."""
+    xs, ys = sim._batch(torch.arange(sim.h, device=sim.device), round_, 0)
+    return sim._grad_shared.reference(params, xs, ys)[0]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=30, help="timed rounds (default 30)")
@@ -94,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--floor-reps", type=int, default=10)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
     p.add_argument("--loop", action="store_true", help="also time a per-worker Python loop")
+    p.add_argument("--vmap", action="store_true", help="also time the vmapped gradients")
     p.add_argument(
         "--clock",
         choices=("wall", "cpu"),
@@ -134,25 +143,28 @@ def main(argv: list[str] | None = None) -> None:
         f"{config.device}, {torch.get_num_threads()} threads, {args.clock} clock; setup "
         f"{setup:.2f}s"
     )
+    baselines = {"loop": loop_gradients} if args.loop else {}
+    if args.vmap:
+        baselines["vmap"] = vmap_gradients
 
-    # Each timed round is preceded by one floor pass (and, with --loop, one looped gradient
-    # computation), so that all three see the same machine load: on a shared CPU, compare
-    # the medians measured in the same run.
+    # Each timed round is preceded by one floor pass (and, with --loop / --vmap, one gradient
+    # computation of each baseline), so that all see the same machine load: on a shared CPU,
+    # compare the medians measured in the same run.
     floor = floor_pass_seconds(sim, 3)
     for r in range(1, args.warmup + 1):
         sim.round(r)
     phases = ("honest_gradients", "attack", "aggregation", "update")
     per_phase: dict[str, list[float]] = {k: [] for k in phases}
     walls: list[float] = []
-    loop_times: list[float] = []
+    baseline_times: dict[str, list[float]] = {k: [] for k in baselines}
     eval_total, evals = 0.0, 0
     for r in range(args.warmup + 1, total + 1):
         floor += floor_pass_seconds(sim, 1)
-        if args.loop:
+        for name, fn in baselines.items():
             t = clock()
-            loop_gradients(sim, sim.params, r)
+            fn(sim, sim.params, r)
             _sync(sim.device)
-            loop_times.append(clock() - t)
+            baseline_times[name].append(clock() - t)
         before = dict(sim.timings)
         t = clock()
         sim.round(r)
@@ -188,13 +200,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     both = round_s + ev
     print(f"  {'round + eval':<17} {both * 1e3:8.1f} ms   {both / floor_s:5.2f} x floor")
-    if loop_times:
-        loop_s = med(loop_times)
-        vec_s = med(per_phase["honest_gradients"])
+    vec_s = med(per_phase["honest_gradients"])
+    print(f"\nhonest gradients ({sim._grad_shared.method}): {vec_s * 1e3:.1f} ms/round")
+    labels = {"loop": "per-worker Python loop", "vmap": "vmap(grad) over workers"}
+    for name, times in baseline_times.items():
+        base_s = med(times)
         print(
-            f"\nhonest gradients, per-worker Python loop: {loop_s * 1e3:8.1f} ms/round "
-            f"({loop_s / floor_s:.2f} x floor); vectorised: {vec_s * 1e3:.1f} ms "
-            f"-> vectorisation speed-up {loop_s / vec_s:.2f}x"
+            f"  {labels[name]:<24} {base_s * 1e3:8.1f} ms/round ({base_s / floor_s:.2f} x "
+            f"floor; only the gradients) -> {base_s / vec_s:.2f}x the simulator's phase"
         )
 
 

@@ -4,6 +4,8 @@
   pure function ``loss(theta, x, y)`` (``torch.func.functional_call`` on views of ``theta``), and
   ``torch.func.vmap(grad(loss))`` over stacked worker batches (k, B, ...) returns the k
   gradients as one (k, d) matrix in a single batched computation (no loop over workers).
+  For shared parameters ``SummedGradients`` gets the same (k, d) matrix from one pass over the
+  concatenated batch, much cheaper on a CPU (``summed_grad``).
 * ``sample_indices`` draws each worker's batch with a stateless counter-based generator: index j
   of worker w at (round t, local step s) is ``hash(seed, w, t, s, j) mod |shard_w|`` (sampling
   with replacement). It depends only on those integers, never on which other workers are
@@ -21,6 +23,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
+
+from byzance.sim.summed_grad import SummedGradients
 
 _MASK32 = 0xFFFFFFFF
 
@@ -155,9 +159,16 @@ class FlatModel:
         """``fn(theta, xs, ys) -> (grads (k, d), losses (k,))`` for stacked batches (k, B, ...).
 
         ``theta`` is (d,) shared by all workers if ``shared_params``, else (k, d) per worker.
+        Shared parameters go through ``SummedGradients`` (one pass over the concatenated
+        batch), which falls back to the vmapped reference for models it cannot handle.
         """
         g = grad_and_value(self.loss)
-        return vmap(g, in_dims=(None if shared_params else 0, 0, 0), randomness="different")
+        vmapped = vmap(g, in_dims=(None if shared_params else 0, 0, 0), randomness="different")
+        if not shared_params:
+            return vmapped
+        return SummedGradients(
+            self.module, self.names, self.sizes, self.buffers, self.unflatten, vmapped
+        )
 
     @torch.inference_mode()
     def accuracy(
