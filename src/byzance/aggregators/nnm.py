@@ -7,10 +7,11 @@ import torch
 from byzance.aggregators._distances import (
     ExactGram,
     nearest,
-    selection_weights,
+    nearest_weights,
     sq_distances,
     weighted_rows,
 )
+from byzance.aggregators._distances import gram as _gram  # `gram` names the argument below
 from byzance.aggregators.base import PreAggregator, check_f, require
 
 
@@ -53,9 +54,8 @@ class NNM(PreAggregator):
         self, x: torch.Tensor, gram: ExactGram | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The (n, n) mixing matrix (x's dtype) and the bad-row mask."""
-        n = x.shape[0]
-        d2, bad = sq_distances(x, gram)
-        return selection_weights(nearest(d2, bad, n - self.f), n, x.dtype, x.device), bad
+        g, bad = _gram(x, gram)
+        return nearest_weights(g, bad, x.shape[0] - self.f, x.dtype, x.device), bad
 
     def mixing(
         self, x: torch.Tensor, gram: ExactGram | None = None, *, geometry: bool = True
