@@ -61,7 +61,10 @@ def test_alie_is_mean_minus_z_std():
     assert torch.allclose(out, expected.expand(2, 2))
 
 
-@pytest.mark.parametrize("h, d", [(1, 600_000), (2, 262_145), (10, 431_080), (33, 20_000)])
+@pytest.mark.parametrize(
+    "h, d",
+    [(1, 600_000), (2, 262_145), (10, 431_080), (33, 20_000), (3, 101), (5, 129), (4, 1_000)],
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_alie_line_kernel_agrees_with_the_torch_path(monkeypatch, h, d, dtype):
     from byzance.attacks import alie
@@ -88,6 +91,34 @@ def test_alie_line_kernel_agrees_with_the_torch_path(monkeypatch, h, d, dtype):
     assert abs(float(mean[100]) - float(col.mean())) <= 1e-6 * 3
     if h > 1:
         assert abs(-float(direction[100]) - float(col.std())) <= 1e-4 * float(col.std()) + 1e-9
+
+
+@pytest.mark.parametrize("h", [1, 2, 3, 4, 5, 8, 9])
+@pytest.mark.parametrize("d", [1, 12, 127, 128, 129, 1_000])
+def test_alie_line_kernel_blocks_tails_and_chunks(h, d):
+    """The compiled kernel's full blocks (128 coordinates, rows 4 at a time), its tail block
+    (d not a multiple of 128, or d < 128) and its spare rows (h not a multiple of 4) against
+    float64 by hand; the result does not depend on the number of chunks (bit for bit)."""
+    from byzance.attacks import alie
+
+    if alie.numba is None:
+        pytest.skip("numba not installed")
+    g = torch.Generator().manual_seed(7 * h + d)
+    x = (torch.randn(h, d, generator=g, dtype=torch.float64) * 1e-2 + 3.0).float().numpy()
+    kernel = alie._compiled()
+    outs = []
+    for chunks in (1, 3, 8, 10_000):
+        mean, direction = np.empty(d, np.float32), np.empty(d, np.float32)
+        kernel(x, mean, direction, chunks)
+        outs.append((mean, direction))
+    for mean, direction in outs[1:]:
+        assert np.array_equal(mean, outs[0][0]) and np.array_equal(direction, outs[0][1])
+    mean, direction = outs[0]
+    x64 = x.astype(np.float64)
+    ref_mean = x64.mean(axis=0)
+    ref_std = x64.std(axis=0, ddof=1) if h > 1 else np.zeros(d)
+    np.testing.assert_allclose(mean, ref_mean.astype(np.float32), rtol=0, atol=0)
+    np.testing.assert_allclose(-direction, ref_std, rtol=2e-6, atol=0)
 
 
 @pytest.mark.parametrize(
@@ -194,6 +225,42 @@ def test_optimal_does_at_least_as_much_damage_as_base(spec, adaptive, base):
     attack = atk.create(adaptive, aggregator=rule)
     assert damage(rule, honest, attack(honest, f)) >= damage(rule, honest, base(honest, f)) - 1e-9
     assert attack.last_scale is not None and attack.last_scale >= 0
+
+
+def test_optimal_reuses_the_alie_anchor_as_the_honest_mean(monkeypatch):
+    from byzance.attacks import alie
+
+    honest = cloud(9, 30, dtype=torch.float32)
+    anchor, direction, mean = atk.ALittleIsEnough().line_with_mean(honest, 2)
+    assert mean is anchor
+    ref_anchor, ref_direction = atk.ALittleIsEnough().line(honest, 2)
+    assert torch.equal(anchor, ref_anchor) and torch.equal(direction, ref_direction)
+    anchor, direction, mean = atk.InnerProductManipulation().line_with_mean(honest, 2)
+    assert torch.equal(mean, honest.mean(dim=0)) and torch.equal(direction, -mean)
+    # the compiled line's mean (float64 sums): float32 round-off of honest.mean
+    monkeypatch.setattr(alie, "_KERNEL_MIN_SIZE", 1)
+    big = cloud(10, 5_000, dtype=torch.float32)
+    _, _, mean = atk.ALittleIsEnough().line_with_mean(big, 2)
+    ulp = float(big.abs().max()) * 2.0**-23
+    torch.testing.assert_close(mean, big.mean(dim=0), rtol=0, atol=4 * ulp)
+    torch.testing.assert_close(mean, big.double().mean(dim=0).float(), rtol=0, atol=ulp)
+
+
+@pytest.mark.parametrize("sketch", [None, 64])
+def test_optimal_alie_with_the_reused_mean_matches_a_recomputed_mean(monkeypatch, sketch):
+    from byzance.attacks import alie
+
+    monkeypatch.setattr(alie, "_KERNEL_MIN_SIZE", 1)
+    rule = make_rule("nnm+trimmed_mean", 3)
+    honest = cloud(10, 400, dtype=torch.float32)
+    reused = atk.create("optimal_alie", aggregator=rule, sketch=sketch)
+    recomputed = atk.create("optimal_alie", aggregator=rule, sketch=sketch)
+    base = recomputed.base  # the base class's line_with_mean: honest.mean computed again
+    base.line_with_mean = atk.LinearAttack.line_with_mean.__get__(base)
+    for _ in range(3):  # a cold round, then warm ones
+        a, b = reused(honest, 3), recomputed(honest, 3)
+        assert reused.last_scale == pytest.approx(recomputed.last_scale, rel=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_optimal_finds_a_larger_alie_scale_against_median():

@@ -70,43 +70,90 @@ def _line_kernel(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mean = np.empty(xn.shape[1], dtype=xn.dtype)
     direction = np.empty(xn.shape[1], dtype=xn.dtype)
     kernel = _compiled()
+    chunks = _CHUNKS_PER_THREAD * numba.get_num_threads()
     with _launch_lock:
-        kernel(xn, mean, direction)
+        kernel(xn, mean, direction, chunks)
     return torch.from_numpy(mean), torch.from_numpy(direction)
+
+
+#: coordinates per block of ``_compiled``'s kernel (h x 128 values: a few KiB, in L1; wider
+#: blocks measured slower)
+_LANES = 128
+#: blocks are split into this many chunks per thread (one pair of scratch buffers per chunk)
+_CHUNKS_PER_THREAD = 4
 
 
 @functools.lru_cache(maxsize=1)
 def _compiled():  # compiled on first use
     _select_threading_layer()
-    lanes = 256
+    lanes = _LANES
+
+    @numba.njit(inline="always", nogil=True)
+    def block(x, j0, w, acc, mu, mean, direction, scale, denom):  # pragma: no cover - compiled
+        # Columns j0 .. j0 + w - 1: the mean, then the sum of squared deviations, both in
+        # float64. Every inner loop runs along the coordinates of rows (contiguous:
+        # vectorised); w is the constant ``lanes`` for full blocks (a fixed trip count). Rows
+        # are taken 4 at a time (fewer loads and stores of acc), added to acc in row order,
+        # ((acc + r0) + r1) + ..., so the sums are those of a loop over single rows.
+        h = x.shape[0]
+        h4 = h - h % 4
+        for lane in range(w):
+            acc[lane] = 0.0
+        for i in range(0, h4, 4):
+            r0 = x[i, j0 : j0 + w]
+            r1 = x[i + 1, j0 : j0 + w]
+            r2 = x[i + 2, j0 : j0 + w]
+            r3 = x[i + 3, j0 : j0 + w]
+            for lane in range(w):
+                acc[lane] = acc[lane] + r0[lane] + r1[lane] + r2[lane] + r3[lane]
+        for i in range(h4, h):
+            row = x[i, j0 : j0 + w]
+            for lane in range(w):
+                acc[lane] += row[lane]
+        for lane in range(w):
+            mu[lane] = acc[lane] * scale
+            acc[lane] = 0.0
+        for i in range(0, h4, 4):
+            r0 = x[i, j0 : j0 + w]
+            r1 = x[i + 1, j0 : j0 + w]
+            r2 = x[i + 2, j0 : j0 + w]
+            r3 = x[i + 3, j0 : j0 + w]
+            for lane in range(w):
+                m = mu[lane]
+                d0 = r0[lane] - m
+                d1 = r1[lane] - m
+                d2 = r2[lane] - m
+                d3 = r3[lane] - m
+                acc[lane] = acc[lane] + d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3
+        for i in range(h4, h):
+            row = x[i, j0 : j0 + w]
+            for lane in range(w):
+                dev = row[lane] - mu[lane]
+                acc[lane] += dev * dev
+        out_mean = mean[j0 : j0 + w]
+        out_direction = direction[j0 : j0 + w]
+        for lane in range(w):
+            out_mean[lane] = mu[lane]
+            out_direction[lane] = -np.sqrt(acc[lane] * denom)
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def kernel(x, mean, direction):  # pragma: no cover - compiled
-        # inner loops run along the coordinates of one row (contiguous: vectorised)
+    def kernel(x, mean, direction, chunks):  # pragma: no cover - compiled
+        # chunks: how many chunks of blocks to spread over the threads (a few per thread)
         h, d = x.shape
-        blocks = (d + lanes - 1) // lanes
+        full = d // lanes  # full blocks; then one narrower tail block, if any
         scale = 1.0 / h
         denom = 1.0 / max(h - 1, 1)
-        for blk in numba.prange(blocks):
-            j0 = blk * lanes
-            w = min(lanes, d - j0)
-            acc = np.zeros(lanes, dtype=np.float64)
-            for i in range(h):
-                row = x[i, j0 : j0 + w]
-                for lane in range(w):
-                    acc[lane] += row[lane]
+        chunks = max(1, min(full, chunks))
+        for c in numba.prange(chunks):  # scratch buffers once per chunk of blocks
+            acc = np.empty(lanes, dtype=np.float64)
             mu = np.empty(lanes, dtype=np.float64)
-            for lane in range(w):
-                mu[lane] = acc[lane] * scale
-                acc[lane] = 0.0
-            for i in range(h):
-                row = x[i, j0 : j0 + w]
-                for lane in range(w):
-                    dev = row[lane] - mu[lane]
-                    acc[lane] += dev * dev
-            for lane in range(w):
-                mean[j0 + lane] = mu[lane]
-                direction[j0 + lane] = -np.sqrt(acc[lane] * denom)
+            for blk in range(c * full // chunks, (c + 1) * full // chunks):
+                block(x, blk * lanes, lanes, acc, mu, mean, direction, scale, denom)
+        j0 = full * lanes
+        if j0 < d:
+            acc = np.empty(lanes, dtype=np.float64)
+            mu = np.empty(lanes, dtype=np.float64)
+            block(x, j0, d - j0, acc, mu, mean, direction, scale, denom)
 
     return kernel
 
@@ -133,6 +180,15 @@ class ALittleIsEnough(LinearAttack):
 
     def line(self, honest: torch.Tensor, f: int) -> tuple[torch.Tensor, torch.Tensor]:
         return honest_line(honest)
+
+    def line_with_mean(
+        self, honest: torch.Tensor, f: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(anchor, direction, mean)``: ``line`` and the honest mean, which is the anchor
+        (``Optimal`` uses it instead of computing the mean again). The compiled path's mean is
+        accumulated in float64, so it may differ from ``honest.mean(dim=0)`` by an ulp."""
+        anchor, direction = self.line(honest, f)
+        return anchor, direction, anchor
 
     def default_scale(self, n: int, f: int) -> float:
         return self.z if self.z is not None else alie_z_max(n, f)

@@ -93,6 +93,14 @@ class LinearAttack(Attack):
         """Return ``(anchor, direction)``, two d-vectors in honest's dtype and device."""
         raise NotImplementedError
 
+    def line_with_mean(
+        self, honest: torch.Tensor, f: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(anchor, direction, mean)``: ``line`` and the honest mean (which ``Optimal``
+        needs too); an attack whose line already computes the mean returns it here."""
+        anchor, direction = self.line(honest, f)
+        return anchor, direction, honest.mean(dim=0)
+
     def default_scale(self, n: int, f: int) -> float:
         """The scale used by the attack itself, for n = h + f workers in total."""
         raise NotImplementedError

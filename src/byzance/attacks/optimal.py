@@ -351,10 +351,9 @@ class Optimal(Attack):
     def forge(self, honest: torch.Tensor, f: int) -> torch.Tensor:
         h, d = honest.shape
         self.aggregator.check(h + f)
-        anchor, direction = self.base.line(honest, f)
+        anchor, direction, mean = self.base.line_with_mean(honest, f)
         s0 = self.base.default_scale(h + f, f)
         center = s0 if s0 > 0 else 1.0
-        mean = honest.mean(dim=0)
         probe = Probe(self.aggregator)
         k = self.sketch or d
         line = None
