@@ -180,6 +180,10 @@ def test_gram_functions_match_brute_force_on_both_paths(path, n, d, dtype):
     mu = x.mean(0)
     assert close(line, brute(f64(x) - f64(mu), f64(anchor) - f64(mu), direction, mu), rel)
     assert torch.equal(line, line.T)
+    # the anchor given as the origin itself (ALIE): its row skipped, the same matrix
+    same = line_gram(x, mu, mu, direction)
+    assert torch.equal(same, line_gram(x, mu, mu.clone(), direction))
+    assert not same[n].any() and not same[:, n].any()
 
 
 @needs_numba

@@ -142,6 +142,12 @@ def line_gram(
     h, d = honest.shape
     m = h + 3
     if _use_kernel(m, honest, origin, anchor, direction):
+        if anchor is origin:  # (ALIE: the anchor is the mean) its row is 0: one row less
+            g = torch.zeros(m, m, dtype=torch.float64)
+            keep = torch.tensor([*range(h), h + 1, h + 2])
+            extras = [(direction, False), (origin, False)]
+            g[keep[:, None], keep] = _kernel_gram(honest, origin, extras)
+            return g
         extras = [(anchor, True), (direction, False), (origin, False)]
         return _kernel_gram(honest, origin, extras)
     step = max(1, min(d, _BLOCK // m))
