@@ -7,10 +7,12 @@ its flat parameters, the server's pipeline and the attack); ``run()`` (or
 
 ``worker_gradients(worker_ids, params, round_)``
     (k, d) raw vectors (gradients, or pseudo-gradients with local steps) and (k,) losses of any
-    subset of workers, computed in one vmapped pass. Ids ``0..n_honest-1`` are honest; ids
-    ``n_honest..n_honest+f-1`` are Byzantine and, under a data-poisoning attack, compute honest
-    gradients on poisoned batches. Each worker's batch depends only on (seed, id, round, step)
-    (see ``workers.Shards.sample_indices``), so any subset gives the same rows as the full set.
+    subset of workers, computed together (one pass over the concatenated batch, see
+    ``summed_grad``; vmap for local steps and models it cannot handle). Ids
+    ``0..n_honest-1`` are honest; ids ``n_honest..n_honest+f-1`` are Byzantine and, under a
+    data-poisoning attack, compute honest gradients on poisoned batches. Each worker's batch
+    depends only on (seed, id, round, step) (see ``workers.Shards.sample_indices``), so any
+    subset gives the same rows as the full set.
 ``momentum(g, m, out=None)``
     worker momentum ``beta m + (1 - beta) g`` (``m=None`` means ``m_0 = 0``; into ``out``).
 ``byzantine_vectors(honest)``
