@@ -1,8 +1,9 @@
 """Fast paths of the small (n, n) work: they must give exactly what the torch code gives.
 
 ``_distances.nearest_weights`` (compiled) against the composition of ``sq_distances_from_gram``,
-``nearest`` and ``selection_weights``; the numpy path of ``gram(x, exact)`` against
-``ExactGram.centred``; ``Optimal``'s forge against a plain re-implementation of its output.
+``nearest`` and ``selection_weights``; the numpy and torch paths of ``ExactGram.centred``
+(through ``gram(x, exact)``) against its definition; ``Optimal``'s forge against a plain
+re-implementation of its output.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def test_nearest_weights_falls_back_without_the_kernel(monkeypatch):
 
 @pytest.mark.parametrize("n_bad", [0, 1, 3])
 @pytest.mark.parametrize("odd", [False, True], ids=["finite-sketch", "nan-in-sketch"])
-def test_gram_with_exact_numpy_path_equals_centred(n_bad, odd):
+def test_gram_with_exact_numpy_and_torch_paths_equal_the_definition(n_bad, odd):
     gen = torch.Generator().manual_seed(n_bad)
     x = torch.randn(8, 50, generator=gen)
     exact = D.ExactGram.of(x.double())
@@ -79,13 +80,16 @@ def test_gram_with_exact_numpy_path_equals_centred(n_bad, odd):
     sketch = x[:, :10].clone()
     if odd:
         sketch[5, 3] = float("nan")
-    g, bad = D.gram(sketch, exact)
-    want_g, want_bad = exact.centred()
-    if odd:
-        want_bad = want_bad.clone()
-        want_bad[5] = True
-        want_g = torch.where(want_bad[:, None] | want_bad[None, :], 0.0, want_g)
+    # the definition: (A + A^T) / 2 about the origin, rows with a non-finite squared norm or
+    # a non-finite entry in the sketch (and their columns) zeroed
+    a = exact.a[:8, :8]
+    want_bad = ~torch.isfinite(torch.diagonal(a))
+    want_bad[5] |= odd
+    want_g = torch.where(want_bad[:, None] | want_bad[None, :], 0.0, (a + a.T) / 2)
+    g, bad = D.gram(sketch, exact)  # numpy path
     assert torch.equal(bad, want_bad) and torch.equal(g, want_g)
+    g, bad = D.gram(sketch, D.ExactGram(exact.a.clone().requires_grad_()))  # torch path
+    assert torch.equal(bad, want_bad) and torch.equal(g.detach(), want_g)
 
 
 @pytest.mark.parametrize("spec", ["nnm+trimmed_mean", "nnm+median", "krum"])

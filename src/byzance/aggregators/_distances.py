@@ -156,11 +156,25 @@ class ExactGram:
         """(n,) bool: the rows whose squared norm (about the origin) is not finite."""
         return ~torch.isfinite(torch.diagonal(self.a)[: self.n])
 
-    def centred(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(G, bad)`` as ``gram`` returns them: G about the origin, bad rows zeroed."""
+    def centred(self, odd: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(G, bad)`` as ``gram`` returns them: G about the origin, bad rows (and the rows
+        ``odd``, if given) zeroed. On the CPU in numpy: the same values, ~4x faster than the
+        torch steps at n ~ 12 (``attacks.Optimal`` calls it per candidate)."""
         n = self.n
+        if self.a.device.type == "cpu" and not self.a.requires_grad:
+            a = self.a.numpy()
+            bad_np = ~np.isfinite(np.diagonal(a)[:n])
+            if odd is not None:
+                bad_np |= odd.cpu().numpy()
+            g_np = (a[:n, :n] + a[:n, :n].T) / 2
+            if bad_np.any():
+                g_np[bad_np, :] = 0.0
+                g_np[:, bad_np] = 0.0
+            return torch.from_numpy(g_np), torch.from_numpy(bad_np)
         g = self.a[:n, :n]
         bad = self.bad()
+        if odd is not None:
+            bad = bad | odd.to(bad.device)
         if bool(bad.any()):
             g = torch.where(bad[:, None] | bad[None, :], torch.zeros_like(g), g)
         return (g + g.T) / 2, bad
@@ -217,15 +231,7 @@ def gram(x: torch.Tensor, exact: ExactGram | None = None) -> tuple[torch.Tensor,
         exact.check(x.shape[0])
         # a non-finite entry makes the row sum non-finite (so does a float overflow of the
         # sum, which implies one of the squared norm): one cheap pass over the sketch
-        sums = x.sum(dim=1).detach()
-        if exact.a.device.type == "cpu" and sums.device.type == "cpu":  # numpy: ~4x faster
-            return _centred_cpu(exact.a.detach().numpy(), ~np.isfinite(sums.numpy()))
-        g, bad = exact.centred()
-        odd = ~torch.isfinite(sums).to(g.device)
-        if bool((odd & ~bad).any()):
-            bad = bad | odd
-            g = torch.where(bad[:, None] | bad[None, :], torch.zeros_like(g), g)
-        return g, bad
+        return exact.centred(odd=~torch.isfinite(x.sum(dim=1).detach()))
     if _use_kernel(x.shape[0], x):  # products in float64 (exact for float32 inputs)
         g, eps = _kernel_gram(x), torch.finfo(torch.float64).eps
     else:
@@ -239,18 +245,6 @@ def gram(x: torch.Tensor, exact: ExactGram | None = None) -> tuple[torch.Tensor,
     # symmetrise: the two halves of a GEMM result may differ in the last bit
     g = (g + g.T) / 2
     return g, bad
-
-
-def _centred_cpu(a: np.ndarray, odd: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """``ExactGram(a).centred()`` with the rows ``odd`` bad too, in numpy (same values)."""
-    n = a.shape[0] - 1
-    g = a[:n, :n]
-    bad = ~np.isfinite(np.diagonal(a)[:n]) | odd
-    g = (g + g.T) / 2
-    if bad.any():
-        g[bad, :] = 0.0
-        g[:, bad] = 0.0
-    return torch.from_numpy(g), torch.from_numpy(bad)
 
 
 def sq_distances_to(x: torch.Tensor, r: int) -> torch.Tensor:
