@@ -91,9 +91,9 @@ def test_condition_error_names_rule_condition_values():
 
 
 def test_negative_or_non_int_f_rejected():
-    with pytest.raises(ValueError, match="f must be >= 0"):
+    with pytest.raises(ValueError, match=r"Krum\.f: expected an int >= 0, got -1"):
         bz.aggregators.Krum(f=-1)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"Krum\.f: expected an int >= 0, got 1\.5"):
         bz.aggregators.Krum(f=1.5)
 
 

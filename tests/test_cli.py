@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import types
 from dataclasses import dataclass
 
 import pytest
@@ -114,14 +113,13 @@ def test_run_config_file_and_flag_override(capsys, tmp_path) -> None:
         (["run", "--aggregator", "nope"], "unknown aggregator"),
         (["run", "--set", "oops"], "FIELD=VALUE"),
         (["run", "missing.toml"], "not found"),
-        (["run", "--q", "3"], "only apply to --engine ray"),
-        (["run", "--decentralized"], "--decentralized only apply to --engine ray"),
+        (["run", "--q", "3"], "--q only applies to --engine ray"),
+        (["run", "--decentralized"], "engine 'sim' does not run protocol 'decentralized'"),
         (
             ["bench", "g.toml", "--checkpoint-dir", "c", "--num-cpus", "4"],
-            "--checkpoint-dir, --num-cpus only apply to --engine ray",
+            "--checkpoint-dir only applies to --engine ray",
         ),
-        (["run", "--worker-cpus", "0.5", "--model-aggregator", "median"], "--worker-cpus, --model"),
-        (["run", "--checkpoint-every", "5"], "--checkpoint-every only apply to --engine ray"),
+        (["run", "--checkpoint-every", "5"], "--checkpoint-every only applies to --engine ray"),
         (["bench", "missing.toml"], "not found"),
         (["report", "missing.db"], "not found"),
     ],
@@ -224,81 +222,51 @@ def test_bench_invalid_resume_report(capsys, tmp_path) -> None:
     assert (out_dir / "summary.csv").read_text().count("\n") == 1 + 14
 
 
-@dataclass
-class FakeRayOptions:
-    """Stand-in for ``RayOptions`` (same fields as the CLI sets, same validate contract)."""
+def _fake_ray(monkeypatch):
+    """The real ``ray`` engine (options, checks, run id, CLI flags) with a stand-in ``run``
+    that records what it gets and reports one record, like the real one, through
+    ``on_metrics`` (the runner writes the database)."""
+    from byzance.engines.ray.engine import RayClusterEngine
+    from byzance.round.record import RunResult
 
-    address: str | None = None
-    quorum: int | None = None
-    round_timeout: float = 60.0
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 0
-    num_cpus: int | None = None
-    worker_cpus: float = 1.0
+    calls: list[tuple[object, object]] = []
 
-    def validate(self) -> None:
-        if self.checkpoint_every and not self.checkpoint_dir:
-            raise ValueError(
-                f"RayOptions.checkpoint_every={self.checkpoint_every} needs a checkpoint_dir"
-            )
-        if self.worker_cpus < 0:
-            raise ValueError(f"RayOptions.worker_cpus: expected >= 0, got {self.worker_cpus}")
+    def run(self, config, options, on_metrics=None, *, progress=False, **hooks):
+        calls.append((config, options))
+        rec = {"round": config.rounds, "train_loss": 0.1, "test_accuracy": 0.75}
+        rec["missing_workers"] = [{"round": 1, "worker": 2, "reason": "late"}]
+        if config.protocol == "decentralized":
+            rec.update(test_accuracy=0.625, spread=0.0421)
+        on_metrics(rec)
+        return RunResult.from_history(config, [rec], 0.1, {})
+
+    monkeypatch.setattr(RayClusterEngine, "run", run)
+    return calls
 
 
 def test_ray_engine_wiring(capsys, tmp_path, monkeypatch) -> None:
-    """--engine ray passes --address/--q/--round-timeout as RayOptions and the DB path on."""
-    import byzance.grid as grid_mod
+    """--engine ray passes --address/--q/--round-timeout as RayOptions; the runner records the
+    run under the id the engine keys (config + quorum)."""
+    from byzance.engines.ray.options import RayOptions
+    from byzance.runner import run_key
 
-    RayOptions = FakeRayOptions
-
-    calls = []
-
-    def run_experiment_ray(
-        config, *, address=None, options=None, on_metrics=None, db=None, progress=False
-    ):
-        # like the real engine: records the run itself, keyed by config + quorum
-        calls.append((config, address, options, db))
-        with open_db(db) as conn:
-            rid = conn.start_run(
-                config.to_dict(),
-                "ray",
-                overwrite=True,
-                run_id_=grid_mod.run_key(config.to_dict(), "ray", {"q": options.quorum}),
-            )
-            conn.record_metrics(rid, {"round": 1, "test_accuracy": 0.5, "missing_workers": [2]})
-            conn.finish_run(rid, 0.75, 0.1)
-        return types.SimpleNamespace(final_accuracy=0.75, seconds=0.1)
-
-    fake = types.SimpleNamespace(RayOptions=RayOptions, run_experiment_ray=run_experiment_ray)
-    monkeypatch.setattr(grid_mod, "load_ray_engine", lambda: fake)
+    calls = _fake_ray(monkeypatch)
     db = tmp_path / "r.db"
-    argv = [
-        "run",
-        *TINY,
-        "--aggregator",
-        "median",
-        "--no-reference",
-        "--engine",
-        "ray",
-        "--address",
-        "auto",
-        "--q",
-        "11",
-        "--round-timeout",
-        "2.5",
-        "--db",
-        str(db),
-    ]
+    argv = ["run", *TINY, "--aggregator", "median", "--no-reference", "--engine", "ray"]
+    argv += ["--address", "auto", "--q", "11", "--round-timeout", "2.5", "--db", str(db)]
     code, out, err = run_cli(capsys, *argv)
     assert code == 0, err
     assert "engine ray" in out and "0.750" in out
-    ((config, address, options, db_arg),) = calls
-    assert address == "auto" and options == RayOptions("auto", 11, 2.5) and db_arg == str(db)
+    ((config, options),) = calls
+    expected = RayOptions(address="auto", quorum=11, round_timeout=2.5)
+    expected.validate()
+    assert options == expected
     assert config.aggregator == "median" and config.rounds == 2
     with open_db(db) as conn:
         (run,) = conn.load_runs("finished")
         assert run["engine"] == "ray"
-        assert conn.load_metrics()[run["run_id"]][0]["missing_workers"] == [2]
+        assert run["run_id"] == run_key(config, "ray", {"quorum": 11}) != run_key(config, "ray")
+        assert conn.load_metrics()[run["run_id"]][0]["missing_workers"][0]["worker"] == 2
     # a bench over the same config with the same quorum finds it finished (same id)
     grid = tmp_path / "g.toml"
     grid.write_text(
@@ -313,89 +281,38 @@ def test_ray_engine_wiring(capsys, tmp_path, monkeypatch) -> None:
     assert "1 already finished, 0 finished now" in out and len(calls) == 1
 
 
-def _fake_ray(monkeypatch, tmp_path):
-    """Stand-in Ray engines (centralised and decentralised) that record what they get."""
-    import byzance.engines.decentralized as dec_mod
-    import byzance.grid as grid_mod
-
-    calls: list[tuple[str, object, FakeRayOptions, object]] = []
-
-    def record(db, config, engine, rid):
-        if db is None:
-            return
-        with open_db(db) as conn:
-            conn.start_run(config.to_dict(), engine, overwrite=True, run_id_=rid)
-            metrics = {"round": config.rounds, "test_accuracy": 0.5}
-            conn.record_metrics(rid, metrics)
-            conn.finish_run(rid, 0.5, 0.1)
-
-    def run_experiment_ray(
-        config, *, address=None, options=None, on_metrics=None, db=None, progress=False
-    ):
-        calls.append(("ray", config, options, None))
-        rid = grid_mod.run_key(config.to_dict(), "ray", {"q": options.quorum})
-        record(db, config, "ray", rid)
-        return types.SimpleNamespace(final_accuracy=0.5, seconds=0.1, history=[])
-
-    def run_decentralized_ray(
-        config, *, address=None, options=None, decentralized=None, on_metrics=None, db=None
-    ):
-        calls.append(("dec", config, options, decentralized))
-        # the real engine's id: config + asdict(DecentralizedOptions)
-        import dataclasses
-
-        from byzance.results import run_id
-
-        rid = run_id(
-            {**config.to_dict(), "decentralized": dataclasses.asdict(decentralized)}, "ray"
-        )
-        record(db, config, "ray-decentralized", rid)
-        history = [{"round": config.rounds, "test_accuracy": 0.625, "spread": 0.0421}]
-        return {"history": history, "params": None, "seconds": 0.2, "run_id": rid}
-
-    fake = types.SimpleNamespace(RayOptions=FakeRayOptions, run_experiment_ray=run_experiment_ray)
-    monkeypatch.setattr(grid_mod, "load_ray_engine", lambda: fake)
-    monkeypatch.setattr(dec_mod, "run_decentralized_ray", run_decentralized_ray)
-    return calls
-
-
 def test_ray_option_flags_reach_the_engine(capsys, tmp_path, monkeypatch) -> None:
-    calls = _fake_ray(monkeypatch, tmp_path)
+    calls = _fake_ray(monkeypatch)
     db = tmp_path / "r.db"
     common = [*TINY, "--aggregator", "median", "--no-reference", "--engine", "ray"]
     argv = ["run", *common, "--checkpoint-dir", str(tmp_path / "ck"), "--num-cpus", "6"]
-    argv += ["--worker-cpus", "0.5", "--db", str(db)]
+    argv += ["--worker-cpus", "0.5", "--no-spread", "--db", str(db)]
     code, out, err = run_cli(capsys, *argv)
     assert code == 0, err
-    ((kind, config, options, _),) = calls
-    assert kind == "ray" and config.aggregator == "median"
-    # --checkpoint-dir alone checkpoints every 10 rounds (RayOptions' 0 would mean never)
-    assert options == FakeRayOptions(
-        checkpoint_dir=str(tmp_path / "ck"), checkpoint_every=10, num_cpus=6, worker_cpus=0.5
-    )
+    ((config, options),) = calls
+    assert config.aggregator == "median" and config.protocol == "server"
+    # --checkpoint-dir alone checkpoints every 10 rounds
+    assert options.checkpoint_dir == str(tmp_path / "ck") and options.checkpoint_every == 10
+    assert (options.num_cpus, options.worker_cpus, options.spread) == (6, 0.5, False)
     argv = ["run", *common, "--checkpoint-dir", "ck", "--checkpoint-every", "3"]
-    assert run_cli(capsys, *argv)[0] == 0 and calls[-1][2].checkpoint_every == 3
+    assert run_cli(capsys, *argv)[0] == 0 and calls[-1][1].checkpoint_every == 3
 
-    # decentralized: run_decentralized_ray with the model aggregator; spread in the summary
+    # decentralized: the protocol and its model aggregator are config fields
     calls.clear()
-    argv = ["run", *common, "--decentralized", "--num-cpus", "4", "--q", "3", "--db", str(db)]
+    argv = ["run", *common, "--decentralized", "--num-cpus", "4", "--q", "7", "--db", str(db)]
     code, out, err = run_cli(capsys, *argv)
     assert code == 0, err
-    ((kind, config, options, dec),) = calls
-    assert kind == "dec" and options.num_cpus == 4 and options.quorum == 3
-    assert dec.model_aggregator == "trimmed_mean" and dec.equivocate
+    ((config, options),) = calls
+    assert config.protocol == "decentralized" and options.num_cpus == 4 and options.quorum == 7
+    assert config.model_aggregator == "trimmed_mean" and config.equivocate
     assert "decentralized (model aggregator trimmed_mean)" in out
     assert "0.625 (spread 0.0421)" in out
     code, out, err = run_cli(capsys, *argv[:-2], "--model-aggregator", "median")
-    assert code == 0 and calls[-1][3].model_aggregator == "median"
-    # it checkpoints too: --checkpoint-dir/--checkpoint-every reach its RayOptions
-    ckpt = ["--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-every", "4"]
-    code, out, err = run_cli(capsys, *argv[:-2], *ckpt)
-    assert code == 0, err
-    assert calls[-1][0] == "dec" and calls[-1][2].checkpoint_dir == str(tmp_path / "ck")
-    assert calls[-1][2].checkpoint_every == 4
-    code, out, err = run_cli(capsys, *argv[:-2], "--checkpoint-dir", "ck")
-    assert code == 0 and calls[-1][2].checkpoint_every == 10
+    assert code == 0 and calls[-1][0].model_aggregator == "median"
+    argv2 = ["run", *common, "--protocol", "decentralized", "--checkpoint-dir", "ck"]
+    code, out, err = run_cli(capsys, *argv2)
+    assert code == 0 and calls[-1][1].checkpoint_every == 10
+    assert calls[-1][0].protocol == "decentralized"
     with open_db(db) as conn:
         engines = sorted(r["engine"] for r in conn.load_runs("finished"))
     assert engines == ["ray", "ray-decentralized"]
@@ -416,41 +333,98 @@ def test_ray_option_flags_reach_the_engine(capsys, tmp_path, monkeypatch) -> Non
     code, out, err = run_cli(capsys, *bench, "--model-aggregator", "mean", "--dry-run")
     assert code == 0 and "1 to run" in out
     code, out, err = run_cli(capsys, *bench, "--model-aggregator", "mean")
-    assert code == 0 and "1 finished now" in out and calls[-1][3].model_aggregator == "mean"
+    assert code == 0 and "1 finished now" in out and calls[-1][0].model_aggregator == "mean"
 
 
 def test_run_key_keeps_only_options_that_change_results() -> None:
-    from byzance.grid import run_key
+    from byzance.runner import run_key
 
     cfg = ExperimentConfig().to_dict()
     base = run_key(cfg, "ray")
     same = {"checkpoint_dir": "ck", "checkpoint_every": 5, "num_cpus": 4, "worker_cpus": 0.5}
     assert run_key(cfg, "ray", {**same, "address": "auto", "round_timeout": 3.0}) == base
-    assert run_key(cfg, "ray", {"q": 11}) != base
-    dec = run_key(cfg, "ray", {"decentralized": True})
+    assert run_key(cfg, "ray", {"quorum": 11}) != base
+    dec_cfg = {**cfg, "protocol": "decentralized"}
+    dec = run_key(dec_cfg, "ray")
     assert dec not in (base, run_key(cfg, "sim"))
-    assert dec == run_key(cfg, "ray", {"decentralized": True, "model_aggregator": "trimmed_mean"})
-    assert dec == run_key(cfg, "ray", {"decentralized": True, "q": 11, **same})
-    assert dec != run_key(cfg, "ray", {"decentralized": True, "model_aggregator": "median"})
-    assert run_key(cfg, "ray", {"decentralized": False}) == base
+    # the quorum only bounds what a node may aggregate: not keyed in the decentralised id
+    assert dec == run_key(dec_cfg, "ray", {"quorum": 11, **same})
+    assert dec != run_key({**dec_cfg, "model_aggregator": "median"}, "ray")
+    # protocol settings do not split runs of a protocol that does not use them
+    assert run_key({**cfg, "model_aggregator": "median", "equivocate": False}, "ray") == base
+    # the ids runs had before the protocol was a config field (old databases resume)
+    assert base == "3c0d316509cc543b" and dec == "75b78b285b0ef4b1"
+    assert run_key(cfg, "sim") == "07a521c8162938b3"
 
 
 @pytest.mark.parametrize(
     ("flags", "needle"),
     [
-        (["--model-aggregator", "median"], "--model-aggregator only applies to --decentralized"),
+        (["--model-aggregator", "nope"], "ExperimentConfig.model_aggregator: "),
         (["--decentralized", "--checkpoint-every", "5"], "needs a checkpoint_dir"),
-        (["--decentralized", "--model-aggregator", "nope"], "--model-aggregator: "),
+        (["--decentralized", "--model-aggregator", "nope"], "model_aggregator: "),
         (["--checkpoint-every", "5"], "needs a checkpoint_dir"),
-        (["--num-cpus", "0"], "--num-cpus must be >= 1"),
-        (["--worker-cpus", "-1"], "worker_cpus"),
+        (["--num-cpus", "0"], "RayOptions.num_cpus: expected an int >= 1 or None, got 0"),
+        (["--worker-cpus", "-1"], "RayOptions.worker_cpus: expected a finite float >= 0"),
+        (["--decentralized", "--set", "server_momentum=0.9"], "server_momentum: must be 0"),
+        (["--protocol", "gossip"], "ExperimentConfig.protocol: expected one of server"),
     ],
 )
 def test_ray_option_errors(capsys, tmp_path, monkeypatch, flags, needle) -> None:
-    calls = _fake_ray(monkeypatch, tmp_path)
+    calls = _fake_ray(monkeypatch)
     code, out, err = run_cli(capsys, "run", *TINY, "--engine", "ray", *flags)
-    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert not calls
+
+
+def test_a_new_engine_needs_no_edit_of_the_cli(capsys, tmp_path, monkeypatch) -> None:
+    """Registering an engine gives it --engine NAME, flags from its options, checks, run ids
+    and the database (the conformance of the interface, end to end through the CLI)."""
+
+    from byzance import engines
+    from byzance.engines import registry
+    from byzance.validation import Integer
+
+    @dataclass
+    class EchoOptions:
+        repeat: int = engines.option(1, Integer(low=1), "times each round is echoed")
+
+    seen = []
+
+    class Echo(engines.Engine):
+        name = "echo"
+        summary = "the simulator, echoing"
+        Options = EchoOptions
+
+        def id_fields(self, config, options):
+            return {"echo_repeat": options.repeat}
+
+        def run(self, config, options, on_metrics=None, *, progress=False):
+            seen.append(options.repeat)
+            return engines.get("sim").run(config, None, on_metrics)
+
+    monkeypatch.setattr(registry, "_ENGINES", dict(registry._ENGINES))
+    engines.register(Echo)
+    assert engines.available() == ["sim", "ray", "echo"]
+    db = tmp_path / "r.db"
+    argv = ["run", *TINY, "--aggregator", "median", "--no-reference", "--engine", "echo"]
+    code, out, err = run_cli(capsys, *argv, "--repeat", "3", "--db", str(db))
+    assert code == 0, err
+    assert seen == [3]
+    assert "engine echo" in out
+    with open_db(db) as conn:
+        (run,) = conn.load_runs("finished")
+        assert run["engine"] == "echo"
+        assert len(conn.load_metrics()[run["run_id"]]) == 2  # rounds 1 and 2
+    code, out, err = run_cli(capsys, "run", *TINY, "--engine", "echo", "--repeat", "0")
+    assert code == 2 and "EchoOptions.repeat: expected an int >= 1, got 0" in err
+    code, out, err = run_cli(capsys, "run", *TINY, "--repeat", "2")
+    assert code == 2 and "--repeat only applies to --engine echo" in err
+    code, out, err = run_cli(capsys, "run", *TINY, "--engine", "echo", "--q", "2")
+    assert code == 2 and "--q only applies to --engine ray" in err
+    code, out, err = run_cli(capsys, "run", *TINY, "--engine", "echo", "--decentralized")
+    assert code == 2 and "engine 'echo' does not run protocol 'decentralized'" in err
+    assert "engines that run it: ray" in err
 
 
 def test_real_decentralized_run_shows_spread(capsys, tmp_path) -> None:
@@ -468,12 +442,12 @@ def test_real_decentralized_run_shows_spread(capsys, tmp_path) -> None:
     acc, spread = row.split()[2], row.split("(spread ")[1].split(")")[0]
     # ALIE forged per recipient (equivocation) pulls the honest models apart: spread > 0
     assert 0 <= float(acc) <= 1 and float(spread) > 0
-    from byzance.grid import run_key
+    from byzance.runner import run_key
 
     with open_db(db) as conn:
         (run,) = conn.load_runs("finished")
         assert run["engine"] == "ray-decentralized"
         # the id the CLI computes (resume, bench) is the one the engine recorded
-        assert run["run_id"] == run_key(run["config"], "ray", {"decentralized": True})
+        assert run["run_id"] == run_key(run["config"], "ray")
         (records,) = conn.load_metrics().values()
         assert [r["round"] for r in records] == [3]

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import byzance as bz
 from byzance.aggregators import Meamed, Median, SignMajority, TrimmedMean
 from byzance.aggregators import _coordinate as C
+from byzance.kernels import coordinate as KC
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
@@ -40,10 +41,8 @@ def ref_meamed(x: np.ndarray, f: int) -> np.ndarray:
 
 @pytest.fixture(params=[True, False], ids=["kernel", "torch"])
 def path(request, monkeypatch):
-    """Run each test on the compiled fast path (if numba is there) and on the torch fallback."""
-    if request.param and C.numba is None:
-        pytest.skip("numba not installed")
-    monkeypatch.setattr(C, "_kernel_enabled", request.param)
+    """Run each test on the compiled fast path and on the torch fallback."""
+    monkeypatch.setattr(KC, "_kernel_enabled", request.param)
 
 
 def test_hand_computed(path):
@@ -78,19 +77,19 @@ def test_against_brute_force(n, d, seed, ties, data):
     x = g.integers(-3, 4, size=(n, d)).astype(np.float64) if ties else g.normal(size=(n, d))
     f = data.draw(st.integers(0, (n - 1) // 2))
     for enabled in (True, False):
-        C._kernel_enabled = enabled
+        KC._kernel_enabled = enabled
         try:
             assert np.allclose(Median()(x), ref_median(x), rtol=0, atol=1e-12)
             assert np.allclose(TrimmedMean(f)(x), ref_trimmed(x, f), rtol=0, atol=1e-12)
             assert np.allclose(Meamed(f)(x), ref_meamed(x, f), rtol=0, atol=1e-12)
         finally:
-            C._kernel_enabled = True
+            KC._kernel_enabled = True
 
 
 def test_network_sorts_every_01_input():
     # 0-1 principle: a comparator network sorts everything iff it sorts all 0/1 inputs
     for n in range(1, 13):
-        lo, hi = C.merge_sort_network(n)
+        lo, hi = KC.merge_sort_network(n)
         bits = (np.arange(2**n)[:, None] >> np.arange(n)) & 1
         for a, b in zip(lo, hi, strict=True):
             bits[:, [a, b]] = np.sort(bits[:, [a, b]], axis=1)
@@ -165,14 +164,12 @@ def test_dtypes_inputs_and_no_mutation(rule, path):
 
 
 def test_kernel_and_torch_paths_agree():
-    if C.numba is None:
-        pytest.skip("numba not installed")
     x = torch.randn(32, 1000)
     x[3, ::7] = float("nan")
     x[5, ::5] = float("-inf")
     outs = {}
     for enabled in (True, False):
-        C._kernel_enabled = enabled
+        KC._kernel_enabled = enabled
         try:
             outs[enabled] = [
                 C.coordinate_median(x),
@@ -180,22 +177,20 @@ def test_kernel_and_torch_paths_agree():
                 C.closest_to_median_mean(x, 25),
             ]
         finally:
-            C._kernel_enabled = True
+            KC._kernel_enabled = True
     assert torch.equal(outs[True][0], outs[False][0])  # order statistics: bit-for-bit
     for a, b in zip(outs[True][1:], outs[False][1:], strict=True):
         assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_single_threaded_and_parallel_kernels_give_the_same_bits(monkeypatch):
-    if C.numba is None:
-        pytest.skip("numba not installed")
     x = torch.randn(12, 3000)
     x[2, ::9] = float("nan")
     w = torch.zeros(12, 12)
     w[:, :10] = 0.1
     outs = {}
     for size in (1 << 40, 1):  # every input single-threaded, then every input parallel
-        monkeypatch.setattr(C, "_PARALLEL_MIN_SIZE", size)
+        monkeypatch.setattr(KC, "_PARALLEL_MIN_SIZE", size)
         outs[size] = [
             C.coordinate_median(x),
             C.coordinate_trimmed_mean(x, 2),
@@ -211,7 +206,7 @@ def test_bad_arguments():
         TrimmedMean(2)(torch.zeros(4, 3))
     with pytest.raises(ValueError, match=r"Meamed requires n > 2f, got n=6, f=3"):
         Meamed(3).check(6)
-    with pytest.raises(ValueError, match="f must be >= 0"):
+    with pytest.raises(ValueError, match=r"TrimmedMean\.f: expected an int >= 0, got -1"):
         TrimmedMean(-1)
     with pytest.raises(TypeError):
         Meamed(1.5)  # type: ignore[arg-type]
@@ -238,21 +233,19 @@ def test_closest_to_median_mean_any_k_against_brute_force(n, d, seed, data):
     k = data.draw(st.integers(1, n))
     want = ref_meamed(x, n - k)
     for enabled in (True, False):
-        C._kernel_enabled = enabled
+        KC._kernel_enabled = enabled
         try:
             got = C.closest_to_median_mean(torch.from_numpy(x), k).numpy()
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
         finally:
-            C._kernel_enabled = True
+            KC._kernel_enabled = True
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("n", [2, 3, 5, 12, 13, 33])
 def test_kernel_blocks_small_n_and_non_finite_rows(n, dtype):
     # several full blocks of lanes plus a partial one; whole rows of NaN / +inf / -inf
-    if C.numba is None:
-        pytest.skip("numba not installed")
-    d = 3 * C._LANES + 37
+    d = 3 * KC._LANES + 37
     g = torch.Generator().manual_seed(n)
     x = torch.randn(n, d, generator=g, dtype=dtype)
     x[0] = float("nan")
@@ -261,7 +254,7 @@ def test_kernel_blocks_small_n_and_non_finite_rows(n, dtype):
         x[n - 1, d // 2 :] = float("-inf")
     x[n // 2, ::3] = float("nan")
     ref = x.numpy().astype(np.float64)
-    assert C._use_kernel(x)
+    assert KC.use_coordinate_kernel(x)
     assert np.array_equal(C.coordinate_median(x).numpy(), ref_median(ref).astype(x.numpy().dtype))
     rtol = 1e-5 if dtype == torch.float32 else 1e-12
     for f in range((n - 1) // 2 + 1):
@@ -273,11 +266,11 @@ def test_kernel_blocks_small_n_and_non_finite_rows(n, dtype):
             np.testing.assert_allclose(got[fin], want[fin], rtol=rtol, atol=rtol)
             assert np.array_equal(got[~fin], want[~fin])  # +-inf where the reference has them
         k = n - f
-        C._kernel_enabled = False
+        KC._kernel_enabled = False
         try:
             slow = C.closest_to_median_mean(x, k).numpy()
         finally:
-            C._kernel_enabled = True
+            KC._kernel_enabled = True
         fast = C.closest_to_median_mean(x, k).numpy()
         np.testing.assert_allclose(fast, slow, rtol=rtol, atol=rtol)
 

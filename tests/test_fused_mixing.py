@@ -17,7 +17,8 @@ import byzance as bz
 from byzance.aggregators import NNM, Bucketing, Chain, Krum, Meamed, Median, TrimmedMean
 from byzance.aggregators import _coordinate as C
 from byzance.aggregators import nnm as nnm_module
-from byzance.aggregators._distances import ExactGram
+from byzance.geometry import ExactGram
+from byzance.kernels import coordinate as KC
 
 RULES = (Median, TrimmedMean, Meamed)
 #: what a Byzantine row may hold (1e30: finite, but its squared norm overflows in float32)
@@ -26,10 +27,8 @@ BAD = (float("inf"), float("-inf"), float("nan"), 1e30)
 
 @pytest.fixture(params=[True, False], ids=["kernel", "torch"])
 def path(request, monkeypatch):
-    """Run on the compiled fast path (if numba is there) and on the torch fallback."""
-    if request.param and C.numba is None:
-        pytest.skip("numba not installed")
-    monkeypatch.setattr(C, "_kernel_enabled", request.param)
+    """Run on the compiled fast path and on the torch fallback."""
+    monkeypatch.setattr(KC, "_kernel_enabled", request.param)
     return request.param
 
 
@@ -96,7 +95,7 @@ def check_fused(x: torch.Tensor, f: int, gram: ExactGram | None = None) -> None:
 @pytest.mark.parametrize("n", range(3, 21))
 def test_fused_chain_equals_the_composition(n, dtype, path):
     for f in range((n - 1) // 2 + 1):
-        d = (37, 2 * C._LANES + 5)[(n + f) % 2]  # < 128, or over 2 blocks; not a multiple
+        d = (37, 2 * KC._LANES + 5)[(n + f) % 2]  # < 128, or over 2 blocks; not a multiple
         for bad in sorted({0, f, f + 1, min(n - 1, 2 * f + 1)}):
             check_fused(inputs(n, d, dtype, bad, seed=100 * n + 10 * f + bad), f)
 
@@ -128,16 +127,14 @@ def test_fused_chain_property(n, d, seed, double, data, path):
 
 
 def test_kernel_and_torch_fused_paths_agree():
-    if C.numba is None:
-        pytest.skip("numba not installed")
     x = inputs(16, 1000, torch.float32, bad=9, seed=3)  # > f bad: some mixed rows are inf
     y = NNM(4).transform(x)
     for enabled in (True, False):
-        C._kernel_enabled = enabled
+        KC._kernel_enabled = enabled
         try:
             outs = [Chain(NNM(4), make_rule(cls, 4)).aggregate(x) for cls in RULES]
         finally:
-            C._kernel_enabled = True
+            KC._kernel_enabled = True
         assert not torch.isfinite(outs[0]).all()  # the case is exercised
         for cls, out in zip(RULES, outs, strict=True):
             assert_rule_close(make_rule(cls, 4), out, y)
@@ -152,9 +149,6 @@ def test_fused_chain_is_deterministic():
 
 
 def test_the_fused_path_does_not_form_the_mixed_rows(monkeypatch):
-    if C.numba is None:
-        pytest.skip("numba not installed")
-
     def forbidden(*args, **kwargs):
         raise AssertionError("the mixed rows were formed")
 

@@ -114,16 +114,18 @@ def test_resume_after_crash_and_failures(tmp_path, monkeypatch) -> None:
         started = {r["run_id"]: r["started"] for r in db.load_runs()}
 
     # resume: nothing finished is repeated; a new config runs; a failing run is recorded
-    calls = []
-    real = grid_mod.run_engine
+    from byzance.engines.sim import SimulatorEngine
 
-    def engine(config, *args, **kwargs):
+    calls = []
+    real = SimulatorEngine.run
+
+    def engine(self, config, *args, **kwargs):
         calls.append(config.seed)
         if config.seed == 4:
             raise RuntimeError("boom\nsecond line")
-        return real(config, *args, **kwargs)
+        return real(self, config, *args, **kwargs)
 
-    monkeypatch.setattr(grid_mod, "run_engine", engine)
+    monkeypatch.setattr(SimulatorEngine, "run", engine)
     more = _configs(seed=[0, 1, 2, 3, 4])
     summary = run_grid(more, db_path, progress=False)
     assert calls == [3, 4]
@@ -136,7 +138,7 @@ def test_resume_after_crash_and_failures(tmp_path, monkeypatch) -> None:
         assert db.status(run_id(more[4].to_dict())) == "failed"
     # a failed run is retried next time
     calls.clear()
-    monkeypatch.setattr(grid_mod, "run_engine", real)
+    monkeypatch.setattr(SimulatorEngine, "run", real)
     summary = run_grid(more, db_path, progress=False)
     assert (summary.skipped, summary.finished, summary.failed) == (4, 1, [])
 

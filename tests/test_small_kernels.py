@@ -13,9 +13,8 @@ import torch
 
 from byzance import aggregators as agg
 from byzance import attacks as atk
+from byzance import geometry as G
 from byzance.aggregators import _distances as D
-
-needs_numba = pytest.mark.skipif(D.numba is None, reason="numba not installed")
 
 
 def reference_weights(g: torch.Tensor, bad: torch.Tensor, k: int, dtype: torch.dtype):
@@ -34,10 +33,9 @@ def gram_case(seed: int, n: int, ties: bool, n_bad: int) -> tuple[torch.Tensor, 
         x = torch.randn(n, 5, generator=gen, dtype=torch.float64)
     if n_bad:
         x[torch.randperm(n, generator=gen)[:n_bad], 0] = float("nan")
-    return D.gram(x)
+    return G.gram(x)
 
 
-@needs_numba
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
 @pytest.mark.parametrize("n", range(3, 21))
@@ -51,7 +49,6 @@ def test_nearest_weights_kernel_equals_torch(n, ties, dtype):
                 assert got.dtype == dtype and torch.equal(got, want), (n, n_bad, k)
 
 
-@needs_numba
 def test_nearest_weights_kernel_handles_nan_and_negative_distances():
     g = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, float("nan")], [0.0, float("nan"), 4.0]])
     g = g.double()
@@ -74,7 +71,7 @@ def test_nearest_weights_falls_back_without_the_kernel(monkeypatch):
 def test_gram_with_exact_numpy_and_torch_paths_equal_the_definition(n_bad, odd):
     gen = torch.Generator().manual_seed(n_bad)
     x = torch.randn(8, 50, generator=gen)
-    exact = D.ExactGram.of(x.double())
+    exact = G.ExactGram.of(x.double())
     if n_bad:
         exact.a[torch.arange(n_bad), torch.arange(n_bad)] = float("inf")
     sketch = x[:, :10].clone()
@@ -86,9 +83,9 @@ def test_gram_with_exact_numpy_and_torch_paths_equal_the_definition(n_bad, odd):
     want_bad = ~torch.isfinite(torch.diagonal(a))
     want_bad[5] |= odd
     want_g = torch.where(want_bad[:, None] | want_bad[None, :], 0.0, (a + a.T) / 2)
-    g, bad = D.gram(sketch, exact)  # numpy path
+    g, bad = G.gram(sketch, exact)  # numpy path
     assert torch.equal(bad, want_bad) and torch.equal(g, want_g)
-    g, bad = D.gram(sketch, D.ExactGram(exact.a.clone().requires_grad_()))  # torch path
+    g, bad = G.gram(sketch, G.ExactGram(exact.a.clone().requires_grad_()))  # torch path
     assert torch.equal(bad, want_bad) and torch.equal(g.detach(), want_g)
 
 
@@ -105,8 +102,8 @@ def test_optimal_output_is_the_chosen_point_repeated(spec, sketch):
 
 
 def test_repeat_point_with_no_byzantine_rows():
-    from byzance.attacks.optimal import _repeat_point
+    from byzance.attacks.search import repeat_point
 
     anchor, direction = torch.ones(5), torch.arange(5.0)
-    assert _repeat_point(anchor, direction, 2.0, 0).shape == (0, 5)
-    assert torch.equal(_repeat_point(anchor, direction, 2.0, 1), (anchor + 2.0 * direction)[None])
+    assert repeat_point(anchor, direction, 2.0, 0).shape == (0, 5)
+    assert torch.equal(repeat_point(anchor, direction, 2.0, 1), (anchor + 2.0 * direction)[None])

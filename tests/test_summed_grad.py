@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from byzance.models import create_model
-from byzance.sim.summed_grad import _grouped_weight_grad
-from byzance.sim.workers import FlatModel
+from byzance.round.flat_model import FlatModel
+from byzance.round.summed_grad import _grouped_weight_grad
 
 
 def _stacked(k: int, b: int, shape: tuple[int, ...], classes: int, seed: int = 0):

@@ -20,8 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sqlite3
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -79,13 +81,21 @@ def _canonical(config: Mapping[str, Any]) -> str:
     return json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def run_id(config: Mapping[str, Any], engine: str = "sim") -> str:
-    """Stable id of a run: a hash of its config (``data_dir`` left out) and non-default engine.
+def run_id(
+    config: Mapping[str, Any], engine: str = "sim", id_fields: Mapping[str, Any] | None = None
+) -> str:
+    """Stable id of a run, the one definition: a hash of its config, its engine and the
+    engine options that change the result (``id_fields``, from ``Engine.id_fields``).
 
-    The same config gives the same id in every process and session, which is what lets a grid
-    resume; the simulator (``engine="sim"``) and another engine get different ids.
+    Left out: where the data and the computation are (``data_dir``, ``device``), and the
+    settings of protocols not in use (``byzance.protocols.id_config``). The same config gives
+    the same id in every process and session, which is what lets a grid resume; the simulator
+    (``engine="sim"``) and another engine get different ids.
     """
-    kept = {k: v for k, v in config.items() if k not in ID_EXCLUDED_KEYS}
+    from byzance.protocols import id_config
+
+    kept = {k: v for k, v in id_config(config).items() if k not in ID_EXCLUDED_KEYS}
+    kept.update(id_fields or {})
     text = _canonical(kept) if engine == "sim" else _canonical({"config": kept, "engine": engine})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -264,6 +274,45 @@ class ResultsDB:
                 d.update(json.loads(r["extra"]))
             out.setdefault(r["run_id"], []).append(d)
         return out
+
+
+def record_run(
+    db: str | os.PathLike[str] | ResultsDB | None,
+    config: Mapping[str, Any],
+    engine: str,
+    run_id_: str,
+    run: Callable[[Callable[[Mapping[str, Any]], None]], Any],
+    *,
+    overwrite: bool = False,
+) -> Any:
+    """``run(record)`` with the run stored in ``db`` (a path or an open ``ResultsDB``; None:
+    nothing stored): marked ``running`` first, every record committed as ``record`` gets it,
+    then ``finished`` with the result's final accuracy and seconds, or ``failed`` with the
+    first line of the error (re-raised). Returns what ``run`` returns."""
+    database = open_db(db) if isinstance(db, (str, os.PathLike)) else db
+    owned = database is not None and database is not db
+    start = time.perf_counter()
+    try:
+        if database is not None:
+            database.start_run(config, engine, run_id_=run_id_, overwrite=overwrite)
+
+        def record(rec: Mapping[str, Any]) -> None:
+            if database is not None:
+                database.record_metrics(run_id_, rec)
+
+        try:
+            result = run(record)
+        except BaseException as exc:
+            if database is not None and database.status(run_id_) == "running":
+                lines = f"{type(exc).__name__}: {exc}".strip().splitlines()
+                database.fail_run(run_id_, lines[0] if lines else "", time.perf_counter() - start)
+            raise
+        if database is not None:
+            database.finish_run(run_id_, result.final_accuracy, result.seconds)
+        return result
+    finally:
+        if owned:
+            database.close()
 
 
 def open_db(path: str | Path, timeout: float = 60.0) -> ResultsDB:

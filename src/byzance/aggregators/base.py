@@ -10,15 +10,14 @@ import torch
 
 from byzance._tensor import as_matrix
 from byzance.aggregators._distances import ExactGram
+from byzance.validation import Integer, check_param
+
+_F = Integer(low=0)
 
 
 def check_f(who: str, f: int) -> int:
-    """Validate the number of Byzantine inputs a rule is built to tolerate."""
-    if isinstance(f, bool) or not isinstance(f, int):
-        raise TypeError(f"{who}: f must be an int, got {type(f).__name__}")
-    if f < 0:
-        raise ValueError(f"{who}: f must be >= 0, got f={f}")
-    return f
+    """Validate the number of Byzantine inputs a rule is built to tolerate (an int >= 0)."""
+    return check_param(who, "f", f, _F)
 
 
 def require(who: str, ok: bool, condition: str, **values: int) -> None:
@@ -54,6 +53,17 @@ class Aggregator:
 
     def aggregate(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    # -- state across rounds (explicit: created, passed, returned, checkpointed) --------------
+    def init_state(self) -> Any:
+        """The state this rule carries from one round to the next (None: stateless)."""
+        return None
+
+    def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """One round's aggregation with the state of the previous ones: ``(aggregate, new
+        state)``. Stateless rules return ``(aggregate(x), state)``; a rule whose output
+        depends on earlier rounds (e.g. ``CenteredClipping``) overrides it."""
+        return self.aggregate(x), state
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -92,6 +102,15 @@ class PreAggregator:
         ``y = L x`` (NNM, Bucketing, Clipping, ARC) override it (``gram.linear(L)``).
         """
         return self.transform(x), None
+
+    def init_state(self) -> Any:
+        """The state this step carries from one round to the next (None: stateless)."""
+        return None
+
+    def transform_step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """``(transform(x), new state)`` with an explicit state (see ``Aggregator.step``);
+        e.g. ``Bucketing``'s random generator."""
+        return self.transform(x), state
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))

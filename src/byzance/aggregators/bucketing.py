@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -17,9 +18,11 @@ class Bucketing(PreAggregator):
     Draw a uniformly random permutation pi of the n inputs, split it into consecutive buckets
     of size s (the last one smaller when s does not divide n) and output the mean of each
     bucket: ``y_j = mean{x_pi(i) : i in [j s, (j+1) s)}``, giving ``ceil(n/s)`` vectors.
-    The permutation comes from a ``torch.Generator`` seeded with ``seed`` kept in the object:
-    the sequence of permutations is reproducible and each call draws a new one
-    (``reset()`` restarts it). A non-finite input only affects its own bucket. Needs s >= 1.
+    The permutation comes from a ``torch.Generator`` seeded with ``seed``: called on its own,
+    the object keeps it and each call draws a new permutation (``reset()`` restarts the
+    sequence); in training the generator's state is explicit (``init_state``,
+    ``transform_step``), carried and checkpointed by the engine. A non-finite input only
+    affects its own bucket. Needs s >= 1.
     An exact geometry of the inputs is passed on as ``W G W^T`` (W: the bucket averages).
     """
 
@@ -40,12 +43,28 @@ class Bucketing(PreAggregator):
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         return self.transform_with_gram(x, None)[0]
 
+    def init_state(self) -> torch.Tensor:
+        """The state of a generator seeded with ``seed`` (the first permutation to draw)."""
+        return torch.Generator().manual_seed(self.seed).get_state()
+
+    def transform_step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """Bucket with the generator state ``state``; return the state after the draw."""
+        gen = torch.Generator()
+        gen.set_state(state)
+        out = self._bucket(x, None, gen)[0]
+        return out, gen.get_state()
+
     def transform_with_gram(
         self, x: torch.Tensor, gram: ExactGram | None
     ) -> tuple[torch.Tensor, ExactGram | None]:
+        return self._bucket(x, gram, self._generator)
+
+    def _bucket(
+        self, x: torch.Tensor, gram: ExactGram | None, generator: torch.Generator
+    ) -> tuple[torch.Tensor, ExactGram | None]:
         n = x.shape[0]
         m = self.output_size(n)
-        perm = torch.randperm(n, generator=self._generator)
+        perm = torch.randperm(n, generator=generator)
         bucket = torch.empty(n, dtype=torch.long)
         bucket[perm] = torch.arange(n) // self.s  # input perm[i] goes to bucket i // s
         counts = torch.bincount(bucket, minlength=m).to(x.dtype)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from byzance.aggregators._coordinate import coordinate_median
@@ -16,12 +18,13 @@ class CenteredClipping(Aggregator):
 
     Starting from ``v_0``, repeat ``iterations`` times:
     ``v <- v + (1/n) sum_i clip_tau(x_i - v)``, ``clip_tau(u) = u * min(1, tau / ||u||)``.
-    ``v_0`` is the attribute ``center`` when set (in the paper: the previous aggregate, the
-    momentum of the last round; a simulator sets ``cc.center = previous_output`` each round)
-    and the coordinate-wise median of the inputs otherwise. The rule does not update
-    ``center`` itself. Each iteration works on a float64 Gram matrix of ``x_i - v_0``, so the
-    inputs are read twice whatever the number of iterations. The simulator and the Ray engine set
-    ``center`` to the previous round's aggregate, as in the paper.
+    Called on its own (``cc(x)``), ``v_0`` is ``center`` when given and the coordinate-wise
+    median of the inputs otherwise. In training, the paper's ``v_0`` is the previous round's
+    aggregate: ``step(x, state)`` starts from ``state["center"]`` (``init_state()``:
+    ``center``, then the median in the first round) and returns its output as the next
+    centre; every engine's server and every decentralised node run the rule that way. Each
+    iteration works on a float64 Gram matrix of ``x_i - v_0``, so the inputs are read twice
+    whatever the number of iterations.
 
     Non-finite inputs: a vector with a NaN/inf entry contributes 0 (its clipped difference
     ``u * tau / ||u||`` has no finite limit; 0 keeps v unchanged by it); it still counts in the
@@ -38,10 +41,22 @@ class CenteredClipping(Aggregator):
         self.tau, self.iterations = float(tau), int(iterations)
         self.center = center
 
+    def init_state(self) -> dict[str, torch.Tensor | None]:
+        return {"center": self.center}
+
+    def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """The aggregate from the previous one, which becomes the next centre."""
+        center = None if state is None else state.get("center")
+        out = self._from(x, center)
+        return out, {"center": out}
+
     def aggregate(self, x: torch.Tensor) -> torch.Tensor:
+        return self._from(x, self.center)
+
+    def _from(self, x: torch.Tensor, center: torch.Tensor | None) -> torch.Tensor:
         n, d = x.shape
-        if self.center is not None:
-            v0 = torch.as_tensor(self.center).to(device=x.device, dtype=x.dtype)
+        if center is not None:
+            v0 = torch.as_tensor(center).to(device=x.device, dtype=x.dtype)
             if v0.shape != (d,):
                 raise ValueError(
                     f"CenteredClipping: center has shape {tuple(v0.shape)}, expected ({d},)"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from byzance.aggregators._distances import ExactGram
@@ -113,6 +115,26 @@ class Chain(Aggregator):
             return self.rule.aggregate_mixed(x, w)
         y, gram = self._run(self.pre, x, gram)
         return apply_rule(self.rule, y, gram)
+
+    def init_state(self) -> tuple[Any, ...] | None:
+        """The steps' states in order, or None when no step keeps one."""
+        states = tuple(step.init_state() for step in self.steps)
+        return None if all(s is None for s in states) else states
+
+    def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """``aggregate(x)`` with each step's state passed to it and returned (same fusion)."""
+        if state is None:
+            return self.aggregate(x), None
+        states = list(state)
+        last = len(self.pre) - 1
+        fuse = bool(self.pre) and states[last] is None and _fusable(self.pre[-1], self.rule, None)
+        for i, pre in enumerate(self.pre[:-1] if fuse else self.pre):
+            x, states[i] = pre.transform_step(x, states[i])
+        if fuse:
+            w, _ = self.pre[-1].mixing(x, None, geometry=False)
+            return self.rule.aggregate_mixed(x, w), tuple(states)
+        out, states[-1] = self.rule.step(x, states[-1])
+        return out, tuple(states)
 
     def __repr__(self) -> str:
         return f"Chain({', '.join(map(repr, self.steps))})"

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from byzance.aggregators._distances import ExactGram, centred_gram
-from byzance.aggregators._distances import _centre_index as centre_index
 from byzance.aggregators.base import Aggregator, check_f, require
+from byzance.geometry import ExactGram, centre_index, centred_gram
 
 
 def finite_rows(g: torch.Tensor) -> torch.Tensor:

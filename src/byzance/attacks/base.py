@@ -8,47 +8,31 @@ gradient on the poisoned batch.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from byzance._tensor import as_matrix
+from byzance.validation import Integer, Real, check_param
+
+_NUM_BYZANTINE = Integer(low=1)
 
 
 def check_num_byzantine(who: str, f: Any) -> int:
     """Validate the number of Byzantine vectors to produce (an int >= 1)."""
-    if isinstance(f, bool) or not isinstance(f, int):
-        raise TypeError(f"{who}: f must be an int, got {type(f).__name__}")
-    if f < 1:
-        raise ValueError(f"{who} requires f >= 1 Byzantine vectors to produce, got f={f}")
-    return f
+    return check_param(who, "f", f, _NUM_BYZANTINE)
 
 
 def check_real(
     who: str, name: str, value: Any, *, low: float | None = None, strict: bool = False
 ) -> float:
     """Validate a finite real hyper-parameter, optionally ``> low`` (strict) or ``>= low``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{who}: {name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{who} requires a finite {name}, got {name}={value}")
-    if low is not None:
-        ok = value > low if strict else value >= low
-        if not ok:
-            sign = ">" if strict else ">="
-            raise ValueError(f"{who} requires {name} {sign} {low}, got {name}={value}")
-    return value
+    return check_param(who, name, value, Real(low=low, closed="neither" if strict else "both"))
 
 
 def check_int(who: str, name: str, value: Any, *, low: int) -> int:
     """Validate an integer hyper-parameter ``>= low``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{who}: {name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{who} requires {name} >= {low}, got {name}={value}")
-    return value
+    return check_param(who, name, value, Integer(low=low))
 
 
 class Attack:

@@ -1,24 +1,28 @@
-"""Adaptive attacks: search the scale of a base attack against the deployed aggregator."""
+"""Adaptive attacks: search the scale of a base attack against the deployed aggregator.
+
+The search's pieces (candidate evaluation, golden-section search) are ``attacks.search``; the
+exact geometry of the candidates is ``geometry.line_gram``.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
-from byzance.aggregators._distances import _BLOCK, ExactGram, _kernel_gram, _use_kernel
-from byzance.aggregators.base import apply_rule
 from byzance.attacks.alie import ALittleIsEnough
 from byzance.attacks.base import Attack, LinearAttack, check_int, check_real
 from byzance.attacks.ipm import InnerProductManipulation
-
-_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
-#: the best sketched candidate is kept without an exact check when its sketched squared damage
-#: exceeds the base scale's by this many standard errors of the (paired) difference
-_CONFIDENCE = 3.0
+from byzance.attacks.search import (
+    CandidateRows,
+    Memo,
+    Probe,
+    draw_coordinates,
+    golden_section,
+    repeat_point,
+)
+from byzance.geometry import line_gram
 
 
 def check_aggregator(who: str, aggregator: Any) -> Any:
@@ -34,212 +38,6 @@ def check_aggregator(who: str, aggregator: Any) -> Any:
             f"got {type(aggregator).__name__}"
         )
     return aggregator
-
-
-class Probe:
-    """Evaluate ``aggregator.aggregate`` without consuming the randomness of the pipeline.
-
-    Stochastic steps (e.g. ``Bucketing``) keep a ``torch.Generator``; its state is saved at
-    construction and restored after every evaluation, so each trial sees the draw that the
-    server's real aggregation of this round will use, and the run's random stream is
-    unchanged by the search.
-    """
-
-    def __init__(self, aggregator: Any) -> None:
-        self.aggregator = aggregator
-        steps = getattr(aggregator, "steps", None) or (aggregator,)
-        self._generators = [
-            g for step in steps for g in vars(step).values() if isinstance(g, torch.Generator)
-        ]
-        self._states = [g.get_state() for g in self._generators]
-
-    def __call__(self, x: torch.Tensor, gram: ExactGram | None = None) -> torch.Tensor:
-        try:
-            return apply_rule(self.aggregator, x, gram)
-        finally:
-            for g, state in zip(self._generators, self._states, strict=True):
-                g.set_state(state)
-
-
-def _golden(value: _Memo, a: float, b: float, steps: int) -> None:
-    """``steps`` new evaluations of a golden-section search for a maximum of ``value`` on [a, b].
-
-    ``value`` is memoised (a point seen before costs nothing and is not counted).
-    """
-    if steps <= 0 or not b > a:
-        return
-    value.start()
-    c, d = b - _GOLDEN * (b - a), a + _GOLDEN * (b - a)
-    for _ in range(2 * steps + 2):  # each turn evaluates at least one new point but the last
-        if value.count >= steps:
-            return
-        if value(c) >= value(d):
-            b, d = d, c
-            c = b - _GOLDEN * (b - a)
-        else:
-            a, c = c, d
-            d = a + _GOLDEN * (b - a)
-
-
-class _Memo:
-    """Memoised objective on log-scales ``t``; ``count`` = new evaluations since ``start``."""
-
-    def __init__(self, fn: Callable[[float], float]) -> None:
-        self.fn = fn
-        self.seen: dict[float, float] = {}
-        self.count = 0
-
-    def start(self) -> None:
-        self.count = 0
-
-    def __call__(self, t: float) -> float:
-        if t not in self.seen:
-            self.seen[t] = self.fn(t)
-            self.count += 1
-        return self.seen[t]
-
-    def best(self) -> float:
-        return max(self.seen, key=lambda t: (self.seen[t], -abs(t)))
-
-    def neighbours(self, t: float) -> tuple[float | None, float | None]:
-        below = [u for u in self.seen if u < t]
-        above = [u for u in self.seen if u > t]
-        return (max(below) if below else None), (min(above) if above else None)
-
-
-def _draw(d: int, k: int, generator: torch.Generator) -> torch.Tensor:
-    """``k`` coordinates out of ``d`` (int64) drawn uniformly with replacement, sorted (the
-    same values as ``torch.sort``; numpy sorts int32 ~2x faster than torch sorts int64)."""
-    idx = torch.randint(d, (k,), generator=generator)
-    if d <= np.iinfo(np.int32).max:
-        return torch.from_numpy(np.sort(idx.numpy().astype(np.int32)).astype(np.int64))
-    return idx.sort().values
-
-
-def _repeat_point(
-    anchor: torch.Tensor, direction: torch.Tensor, scale: float, f: int
-) -> torch.Tensor:
-    """``(anchor + scale * direction).expand(f, -1).clone()``, written in place (the same
-    values, two (d,) temporaries less)."""
-    out = anchor.new_empty(f, anchor.shape[0])
-    if f > 0:
-        torch.mul(direction, scale, out=out[0])
-        out[0].add_(anchor)
-        out[1:] = out[0]
-    return out
-
-
-def line_gram(
-    honest: torch.Tensor, origin: torch.Tensor, anchor: torch.Tensor, direction: torch.Tensor
-) -> torch.Tensor:
-    """The float64 (h + 3, h + 3) Gram matrix of ``[honest - o; anchor - o; direction; o]``.
-
-    One pass over the full vectors, over column blocks (products in the input's dtype on
-    centred values, accumulated in float64, as ``_distances.centred_gram``; for a few rows on
-    the CPU, the compiled kernel, products in float64, no copy of the rows). Every candidate's
-    exact geometry is a 2 x 2 combination of it (see ``_Rows.gram``).
-    """
-    h, d = honest.shape
-    m = h + 3
-    if _use_kernel(m, honest, origin, anchor, direction):
-        if anchor is origin:  # (ALIE: the anchor is the mean) its row is 0: one row less
-            g = torch.zeros(m, m, dtype=torch.float64)
-            keep = torch.tensor([*range(h), h + 1, h + 2])
-            extras = [(direction, False), (origin, False)]
-            g[keep[:, None], keep] = _kernel_gram(honest, origin, extras)
-            return g
-        extras = [(anchor, True), (direction, False), (origin, False)]
-        return _kernel_gram(honest, origin, extras)
-    step = max(1, min(d, _BLOCK // m))
-    buf = honest.new_empty(m, step)
-    g = torch.zeros(m, m, dtype=torch.float64, device=honest.device)
-    for start in range(0, d, step):  # over column blocks only
-        stop = min(d, start + step)
-        xb = buf[:, : stop - start]
-        o = origin[start:stop]
-        torch.sub(honest[:, start:stop], o, out=xb[:h])
-        torch.sub(anchor[start:stop], o, out=xb[h])
-        xb[h + 1] = direction[start:stop]
-        xb[h + 2] = o
-        g += torch.mm(xb, xb.T).double()
-    return (g + g.T) / 2
-
-
-class _Rows:
-    """The (h + f, k) input of the aggregator, honest rows written once.
-
-    Each candidate only rewrites the f Byzantine rows (no concatenation per evaluation);
-    ``damage(scale)`` is ``||A(rows) - mean||`` (NaN counted as infinite damage), memoised per
-    scale with the output ``A(rows)`` in ``outs`` (sketched only, for ``clearly_better``).
-    With ``line`` (the ``line_gram`` of the full vectors) every evaluation is given the exact
-    geometry of the full candidate input (``gram(scale)``), the rows being a sketch of it.
-    ``x``: the (h + f, k) input buffer with the honest rows already written, if the caller
-    has one (else allocated and filled on first use).
-    """
-
-    def __init__(
-        self,
-        probe: Probe,
-        honest: torch.Tensor,
-        mean: torch.Tensor,
-        anchor: torch.Tensor,
-        direction: torch.Tensor,
-        f: int,
-        line: torch.Tensor | None = None,
-        x: torch.Tensor | None = None,
-    ) -> None:
-        self.probe, self.h, self.f, self.mean = probe, honest.shape[0], f, mean
-        self.anchor, self.direction, self.line = anchor, direction, line
-        self.honest = honest
-        self._x = x  # else written on first use (often never, if exact)
-        self._lift: torch.Tensor | None = None
-        self.values: dict[float, float] = {}
-        self.outs: dict[float, torch.Tensor] = {}
-
-    def gram(self, scale: float) -> ExactGram:
-        """Exact geometry of ``[honest; b(scale) x f]`` (origin: the ``line_gram`` origin)."""
-        assert self.line is not None
-        h, f, lift = self.h, self.f, self._lift
-        if lift is None:  # built once; only the scale changes
-            lift = torch.zeros(h + f + 1, h + 3, dtype=torch.float64, device=self.line.device)
-            lift[:h, :h] = torch.eye(h, dtype=torch.float64)
-            lift[h : h + f, h] = 1.0  # b(s) - o = (anchor - o) + s * direction
-            lift[h + f, h + 2] = 1.0
-            self._lift = lift
-        lift[h : h + f, h + 1] = scale
-        return ExactGram(lift @ self.line @ lift.T)
-
-    def damage(self, scale: float) -> float:
-        if scale in self.values:
-            return self.values[scale]
-        h, x = self.h, self._x
-        if x is None:
-            x = self._x = self.honest.new_empty(h + self.f, self.honest.shape[1])
-            x[:h] = self.honest
-        torch.add(self.anchor, self.direction, alpha=scale, out=x[h])
-        x[h + 1 :] = x[h]
-        out = self.probe(x, None if self.line is None else self.gram(scale))
-        value = float(torch.linalg.vector_norm(out.to(self.mean.dtype) - self.mean))
-        value = math.inf if math.isnan(value) else value
-        self.values[scale] = value
-        if self.line is not None:  # sketched: kept for clearly_better
-            self.outs[scale] = out
-        return value
-
-    def clearly_better(self, scale: float, base: float) -> bool:
-        """Whether the sketched squared damage at ``scale`` exceeds that at ``base`` by more
-        than ``_CONFIDENCE`` standard errors of the paired difference (the sketch's k
-        coordinates are i.i.d. draws, so the difference is a sum of k i.i.d. terms)."""
-        a, b = self.damage(scale), self.damage(base)
-        if not (math.isfinite(a) and math.isfinite(b)):
-            return False
-        mean = self.mean.to(torch.float64)
-        diffs = [self.outs[s].to(torch.float64) - mean for s in (scale, base)]
-        terms = diffs[0].square() - diffs[1].square()
-        k = terms.numel()
-        gap = float(terms.sum())
-        se = math.sqrt(k) * float(terms.std()) if k > 1 else math.inf
-        return gap > _CONFIDENCE * se
 
 
 class Optimal(Attack):
@@ -287,7 +85,7 @@ class Optimal(Attack):
     and so do the steps after them. An evaluation costs ``O(n k)``, plus one ``O(n d)`` pass
     per round. Final choice: the best sketched candidate is kept when its sketched squared
     damage exceeds that of the base scale ``s0`` (also evaluated on the sketch) by more than
-    ``_CONFIDENCE = 3`` standard errors of the paired difference (estimated from the k
+    ``search.CONFIDENCE = 3`` standard errors of the paired difference (estimated from the k
     terms); otherwise both are aggregated exactly on the full vectors and the more damaging
     is kept (2 full aggregations, the only ones). If the inputs are not finite (nor then is
     the Gram matrix of the line), the sketch falls back to its own distances and the full
@@ -367,12 +165,12 @@ class Optimal(Attack):
             line = line_gram(honest, mean, anchor, direction)
             if not bool(torch.isfinite(line).all()):
                 line = None  # non-finite inputs: sketched distances, exact final check
-            idx = _draw(d, k, self._generator).to(honest.device)
+            idx = draw_coordinates(d, k, self._generator).to(honest.device)
             c = math.sqrt(d / k)
             x = honest.new_empty(h + f, k)  # the sketched input, honest rows written here
             torch.index_select(honest, 1, idx, out=x[:h])
             x[:h].mul_(c)
-            rows = _Rows(
+            rows = CandidateRows(
                 probe,
                 x[:h],
                 mean.index_select(0, idx).mul_(c),
@@ -382,11 +180,11 @@ class Optimal(Attack):
                 line,
                 x,
             )
-            exact = _Rows(probe, honest, mean, anchor, direction, f)
+            exact = CandidateRows(probe, honest, mean, anchor, direction, f)
         else:
-            rows = exact = _Rows(probe, honest, mean, anchor, direction, f)
+            rows = exact = CandidateRows(probe, honest, mean, anchor, direction, f)
 
-        value = _Memo(lambda t: rows.damage(center * math.exp(t)))
+        value = Memo(lambda t: rows.damage(center * math.exp(t)))
         self._search(value)
         t_best = value.best()
         self._hint = t_best
@@ -404,9 +202,9 @@ class Optimal(Attack):
             scales = {s0, scale} | ({center * math.exp(below)} if below is not None else set())
             scale = max(sorted(scales), key=lambda s: (exact.damage(s), s == s0))
         self._last_scale = scale
-        return _repeat_point(anchor, direction, scale, f)
+        return repeat_point(anchor, direction, scale, f)
 
-    def _search(self, value: _Memo) -> None:
+    def _search(self, value: Memo) -> None:
         """Evaluate ``value`` (memoised, on t = log(s / s0)) at the points of the search."""
         lo, hi = math.log(self.low), math.log(self.high)
         step = (hi - lo) / (self.points - 1)
@@ -435,7 +233,7 @@ class Optimal(Attack):
         below, above = value.neighbours(best)
         a = best if below is None else below
         b = best if above is None else above
-        _golden(value, a, b, self.refine)
+        golden_section(value, a, b, self.refine)
 
 
 class OptimalALIE(Optimal):

@@ -1,28 +1,49 @@
-"""Execution engines beyond the in-process simulator: real distributed runs on Ray.
+"""Engines run a config's rounds: ``available()``, ``get(name)``, ``register(cls)``.
 
-Ray is imported lazily (``pip install byzance[ray]``); importing this package does not need it.
-``run_experiment_ray(config, address=..., options=RayOptions(...), db=...)`` runs an
-``ExperimentConfig`` with one actor per worker (see ``byzance.engines.ray_engine``);
-``run_decentralized_ray`` runs it without a trusted server (see ``decentralized``).
+``sim``: the vectorised in-process simulator (``byzance.engines.sim``); ``ray``: real workers
+on Ray, one actor each, with the trusted-server or the decentralised protocol
+(``byzance.engines.ray``; Ray is imported only when a run starts, ``pip install
+byzance[ray]``). The interface is ``byzance.engines.base.Engine``; ``byzance.runner`` runs one
+config on an engine into the results database.
+
+The Ray building blocks stay importable from here: ``run_experiment_ray(config, options=...,
+db=...)``, ``run_decentralized_ray``, ``RayEngine`` (the server loop over a workload),
+``RayOptions``.
 """
 
-from byzance.engines.decentralized import DecentralizedOptions, run_decentralized_ray
-from byzance.engines.ray_engine import (
+from byzance.engines.base import Engine, option
+from byzance.engines.ray import (
     FAULT_KINDS,
+    DecentralizedOptions,
     QuorumError,
     RayEngine,
     RayOptions,
     check_experiment,
+    run_decentralized_ray,
     run_experiment_ray,
 )
+from byzance.engines.ray.engine import RayClusterEngine
+from byzance.engines.registry import available, engines_running, get, register
+from byzance.engines.sim import SimulatorEngine
+
+register(SimulatorEngine)
+register(RayClusterEngine)
 
 __all__ = [
     "FAULT_KINDS",
     "DecentralizedOptions",
+    "Engine",
     "QuorumError",
+    "RayClusterEngine",
     "RayEngine",
     "RayOptions",
+    "SimulatorEngine",
+    "available",
     "check_experiment",
+    "engines_running",
+    "get",
+    "option",
+    "register",
     "run_decentralized_ray",
     "run_experiment_ray",
 ]

@@ -10,38 +10,59 @@ checks the rule's condition on the number of vectors the server receives.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from byzance.protocols import PROTOCOLS
+from byzance.validation import (
+    Boolean,
+    Constraint,
+    Integer,
+    Mapping,
+    OneOf,
+    OptionalOf,
+    Real,
+    String,
+    validate_dataclass,
+)
+
 HETEROGENEITY = ("iid", "dirichlet", "gamma", "extreme")
 LR_SCHEDULES = ("constant", "step", "cosine", "inverse_sqrt")
 NO_ATTACK = "none"
+PROTOCOL_NAMES = tuple(PROTOCOLS)
 
-# field -> (kind, constraint text, predicate); kinds: int, float, str, dict, str|None
-_NUMERIC: dict[str, tuple[type, str, Any]] = {
-    "n_honest": (int, ">= 1", lambda v: v >= 1),
-    "f": (int, ">= 0", lambda v: v >= 0),
-    "alpha": (float, "> 0", lambda v: v > 0),
-    "gamma": (float, "in [0, 1]", lambda v: 0 <= v <= 1),
-    "batch_size": (int, ">= 1", lambda v: v >= 1),
-    "momentum": (float, "in [0, 1)", lambda v: 0 <= v < 1),
-    "lr": (float, "> 0", lambda v: v > 0),
-    "weight_decay": (float, ">= 0", lambda v: v >= 0),
-    "rounds": (int, ">= 1", lambda v: v >= 1),
-    "local_steps": (int, ">= 1", lambda v: v >= 1),
-    "eval_every": (int, ">= 1", lambda v: v >= 1),
-    "eval_batch_size": (int, ">= 1", lambda v: v >= 1),
-    "seed": (int, ">= 0", lambda v: v >= 0),
-    "val_fraction": (float, "in [0, 1)", lambda v: 0 <= v < 1),
-    "server_momentum": (float, "in [0, 1)", lambda v: 0 <= v < 1),
-}
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "heterogeneity": HETEROGENEITY,
-    "lr_schedule": LR_SCHEDULES,
+#: field -> constraint, checked (and coerced, e.g. 3.0 -> 3) by ``validate_dataclass`` on every
+#: construction; a new field is declared by adding one line here.
+CONSTRAINTS: dict[str, Constraint] = {
+    "dataset": String(),
+    "data_dir": OptionalOf(String(nonempty=False, path=True)),
+    "model": String(),
+    "n_honest": Integer(low=1),
+    "f": Integer(low=0),
+    "aggregator": String(),
+    "aggregator_params": Mapping(),
+    "attack": String(),
+    "attack_params": Mapping(),
+    "heterogeneity": OneOf(*HETEROGENEITY),
+    "alpha": Real(low=0, closed="neither"),
+    "gamma": Real(low=0, high=1),
+    "batch_size": Integer(low=1),
+    "momentum": Real(low=0, high=1, closed="left"),
+    "lr": Real(low=0, closed="neither"),
+    "lr_schedule": OneOf(*LR_SCHEDULES),
+    "weight_decay": Real(low=0),
+    "rounds": Integer(low=1),
+    "local_steps": Integer(low=1),
+    "eval_every": Integer(low=1),
+    "seed": Integer(low=0),
+    "device": String(),
+    "val_fraction": Real(low=0, high=1, closed="left"),
+    "server_momentum": Real(low=0, high=1, closed="left"),
+    "eval_batch_size": Integer(low=1),
+    "protocol": OneOf(*PROTOCOL_NAMES),
+    "model_aggregator": String(),
+    "equivocate": Boolean(),
 }
 
 
@@ -70,6 +91,12 @@ class ExperimentConfig:
     ``lr_schedule`` (``constant``; ``step``: x0.1 at 50% and 75% of the rounds; ``cosine``;
     ``inverse_sqrt``: 1/sqrt(t)). Metrics every ``eval_every`` rounds and at the last round;
     the test set is evaluated in batches of ``eval_batch_size``.
+
+    Protocol (``byzance.protocols``): ``protocol = "server"`` (a trusted server, the default)
+    or ``"decentralized"`` (no server: each honest node aggregates its peers' vectors with
+    ``aggregator``, then their models with ``model_aggregator``; Byzantine nodes tailor their
+    vectors to each recipient if ``equivocate``). Which engines run which protocol:
+    ``byzance.engines``.
     """
 
     dataset: str = "digits"
@@ -97,6 +124,9 @@ class ExperimentConfig:
     val_fraction: float = 0.0
     server_momentum: float = 0.0
     eval_batch_size: int = 1000
+    protocol: str = "server"
+    model_aggregator: str = "trimmed_mean"
+    equivocate: bool = True
 
     # ------------------------------------------------------------------ construction
     def __post_init__(self) -> None:
@@ -140,16 +170,12 @@ class ExperimentConfig:
         """Plain JSON-serialisable dict of every field (``from_dict(to_dict())`` round-trips)."""
         return dataclasses.asdict(self)
 
-    def key(self) -> str:
-        """Stable 16-hex-digit id of this config: the run id in the results database.
+    def key(self, engine: str = "sim", options: Any = None) -> str:
+        """Stable 16-hex-digit id of this config run on ``engine`` with ``options``: its run id
+        in the results database (``byzance.results.run_id``, the one definition)."""
+        from byzance.results import run_id
 
-        sha256 of the sorted JSON of ``to_dict()`` without ``data_dir`` (where the files are
-        does not change the experiment).
-        """
-        d = self.to_dict()
-        d.pop("data_dir")
-        text = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return run_id(self.to_dict(), engine, options)
 
     def replace(self, **changes: Any) -> ExperimentConfig:
         """Copy with some fields changed (checked like ``from_dict``)."""
@@ -166,52 +192,7 @@ class ExperimentConfig:
         return self.n_honest + (self.f if self.has_attack else 0)
 
     def _check_fields(self) -> None:
-        for name, (kind, text, ok) in _NUMERIC.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(
-                    f"ExperimentConfig.{name}: expected {kind.__name__} {text}, got {value!r}"
-                )
-            if kind is int:
-                if isinstance(value, float):
-                    if not value.is_integer():
-                        raise ValueError(
-                            f"ExperimentConfig.{name}: expected an integer {text}, got {value!r}"
-                        )
-                    value = int(value)
-            else:
-                value = float(value)
-                if not math.isfinite(value):
-                    raise ValueError(
-                        f"ExperimentConfig.{name}: expected a finite float {text}, got {value!r}"
-                    )
-            if not ok(value):
-                raise ValueError(f"ExperimentConfig.{name}: expected {text}, got {value!r}")
-            object.__setattr__(self, name, value)
-        for name, allowed in _CHOICES.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(
-                    f"ExperimentConfig.{name}: expected one of {', '.join(allowed)}, got {value!r}"
-                )
-        for name in ("dataset", "model", "aggregator", "attack", "device"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(
-                    f"ExperimentConfig.{name}: expected a non-empty string, got {value!r}"
-                )
-        if self.data_dir is not None and not isinstance(self.data_dir, (str, Path)):
-            raise ValueError(
-                f"ExperimentConfig.data_dir: expected a path string or None, got {self.data_dir!r}"
-            )
-        if isinstance(self.data_dir, Path):
-            self.data_dir = str(self.data_dir)
-        for name in ("aggregator_params", "attack_params"):
-            value = getattr(self, name)
-            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-                raise ValueError(
-                    f"ExperimentConfig.{name}: expected a dict of keyword parameters, got {value!r}"
-                )
+        validate_dataclass(self, CONSTRAINTS)
 
     def validate(self, *, custom_model: bool = False) -> None:
         """Check everything checkable before running; raise ``ValueError`` naming the field.
@@ -239,6 +220,7 @@ class ExperimentConfig:
         self._check_device()
         agg = self.build_aggregator()
         self.build_attack(agg)
+        self.build_model_aggregator()  # a bad name is an error even where it is unused
 
     def _check_device(self) -> None:
         import torch
@@ -271,6 +253,15 @@ class ExperimentConfig:
                 f"(n_honest={self.n_honest}, f={self.f}, attack={self.attack!r}): {exc}"
             ) from exc
         return agg
+
+    def build_model_aggregator(self) -> Any:
+        """The decentralised protocol's rule for the model exchange (built with ``f``)."""
+        from byzance import aggregators
+
+        try:
+            return aggregators.create(self.model_aggregator, f=self.f)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"ExperimentConfig.model_aggregator: {exc}") from exc
 
     def build_attack(self, aggregator: Any) -> Any:
         """The Byzantine workers' attack, or ``None`` for ``attack="none"``."""
