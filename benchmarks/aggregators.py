@@ -21,7 +21,7 @@ def timed(fn, repeats: int, device: torch.device) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    fn()  # warm-up (and compilation of optional kernels)
+    fn()  # warm-up (and compilation of the numba kernels)
     times = []
     for _ in range(repeats):
         sync()

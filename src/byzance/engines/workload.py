@@ -21,6 +21,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from byzance.round.workers import momentum_update
+
 
 class WorkerCore(Protocol):
     """Per-worker computation, run inside the worker's actor (state: e.g. momentum)."""
@@ -108,7 +110,7 @@ class SyntheticCore:
 
     def compute(self, params: np.ndarray, round_: int) -> tuple[np.ndarray, float]:
         g, loss = self.gradient(torch.from_numpy(params), round_)
-        self.momentum.mul_(self.beta).add_(g, alpha=1.0 - self.beta)
+        momentum_update(self.momentum, g, self.beta)  # the worker step's momentum
         return self.momentum.numpy(), loss  # Ray copies the result out when it returns
 
     def state_dict(self) -> dict[str, Any]:
@@ -135,10 +137,11 @@ class AttackForger:
         return self.attack.forge(x, self.f)[self.index].numpy().copy()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"attack": self.attack}
+        """The attack's state (tensors and plain data: a checkpoint holds no objects)."""
+        return {"attack": self.attack.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.attack = state["attack"]
+        self.attack.load_state_dict(state["attack"])
 
 
 class SyntheticWorkload:

@@ -26,6 +26,7 @@ class Adversary:
         self.attack, self.f, self.seed = attack, f, seed
         self.name = name or repr(attack)
         self.rng: torch.Tensor | None = None  # the CPU generator state; None: seed + 1
+        self.cuda_rng: torch.Tensor | None = None  # the same on a CUDA device
         self._forge = getattr(attack, "forge", None)  # the unchecked hot path of our attacks
 
     def __getstate__(self) -> dict[str, Any]:
@@ -35,23 +36,29 @@ class Adversary:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("cuda_rng", None)
         self._forge = getattr(self.attack, "forge", None)
 
     def forge(self, honest: torch.Tensor) -> torch.Tensor:
         """The f Byzantine vectors (f, d), in the honest vectors' dtype."""
-        devices = [honest.device] if honest.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        device = honest.device if honest.device.type == "cuda" else None
+        with torch.random.fork_rng(devices=[device] if device is not None else []):
             if self.rng is None:
                 torch.manual_seed(self.seed + 1)
-                if devices:
-                    torch.cuda.manual_seed(self.seed + 1)
             else:
                 torch.set_rng_state(self.rng)
+            if device is not None:  # the device's stream is carried too
+                if self.cuda_rng is None:
+                    torch.cuda.manual_seed(self.seed + 1)
+                else:
+                    torch.cuda.set_rng_state(self.cuda_rng, device)
             if self._forge is not None:
                 byz = self._forge(honest, self.f)
             else:
                 byz = self.attack(honest, self.f)
             self.rng = torch.get_rng_state()
+            if device is not None:
+                self.cuda_rng = torch.cuda.get_rng_state(device)
         if byz.shape != (self.f, honest.shape[1]):
             raise ValueError(
                 f"attack {self.name!r} returned shape {tuple(byz.shape)}, "
@@ -72,9 +79,16 @@ class Adversary:
         return anchors[None, :, :] + deviation[:, None, :]
 
     def state_dict(self) -> dict[str, Any]:
-        """The attack (with whatever it keeps across rounds) and the generator state."""
-        return {"attack": self.attack, "rng": self.rng}
+        """What the attack keeps across rounds (``attack.state_dict()``: tensors and plain
+        data; the attack itself is rebuilt from the config) and the generator states."""
+        save = getattr(self.attack, "state_dict", None)
+        attack = save() if save is not None else {}
+        return {"attack": attack, "rng": self.rng, "cuda_rng": self.cuda_rng}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.attack, self.rng = state["attack"], state["rng"]
-        self._forge = getattr(self.attack, "forge", None)
+        """Restore a ``state_dict`` into the attack this adversary was built with."""
+        load = getattr(self.attack, "load_state_dict", None)
+        if load is not None:
+            load(state["attack"])
+        self.rng = state["rng"]
+        self.cuda_rng = state.get("cuda_rng")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from byzance.protocols import DEFAULT as DEFAULT_PROTOCOL
 from byzance.protocols import PROTOCOLS
 from byzance.validation import (
     Boolean,
@@ -64,6 +65,12 @@ CONSTRAINTS: dict[str, Constraint] = {
     "model_aggregator": String(),
     "equivocate": Boolean(),
 }
+
+
+def validation_size(val_fraction: float, num_train: int) -> int:
+    """Examples held out for validation from ``num_train``: ``round(val_fraction * num_train)``,
+    at least 1 when ``val_fraction > 0``, 0 otherwise."""
+    return max(1, int(round(val_fraction * num_train))) if val_fraction > 0 else 0
 
 
 def _attack_name(spec: str) -> str:
@@ -124,9 +131,9 @@ class ExperimentConfig:
     val_fraction: float = 0.0
     server_momentum: float = 0.0
     eval_batch_size: int = 1000
-    protocol: str = "server"
-    model_aggregator: str = "trimmed_mean"
-    equivocate: bool = True
+    protocol: str = DEFAULT_PROTOCOL
+    model_aggregator: str = PROTOCOLS["decentralized"].fields["model_aggregator"]
+    equivocate: bool = PROTOCOLS["decentralized"].fields["equivocate"]
 
     # ------------------------------------------------------------------ construction
     def __post_init__(self) -> None:
@@ -194,13 +201,14 @@ class ExperimentConfig:
     def _check_fields(self) -> None:
         validate_dataclass(self, CONSTRAINTS)
 
-    def validate(self, *, custom_model: bool = False) -> None:
+    def validate(self, *, custom_model: bool = False, custom_dataset: bool = False) -> None:
         """Check everything checkable before running; raise ``ValueError`` naming the field.
 
         Covers field types and ranges, the dataset/model names (the model is not checked if
-        ``custom_model``), the device, the aggregation pipeline (built and checked with
-        ``check(n)`` on the number of vectors the server receives: ``n_honest + f``, or
-        ``n_honest`` with ``attack="none"``) and the attack (built with its parameters).
+        ``custom_model``), the device, the data (unless ``custom_dataset``: see
+        ``_check_data``), the aggregation pipeline (built and checked with ``check(n)`` on the
+        number of vectors the server receives: ``n_honest + f``, or ``n_honest`` with
+        ``attack="none"``) and the attack (built with its parameters).
         """
         self._check_fields()
         from byzance import datasets, models
@@ -218,9 +226,54 @@ class ExperimentConfig:
                 f"got {self.model!r}"
             )
         self._check_device()
+        if not custom_dataset:
+            self._check_data(check_model=not custom_model)
         agg = self.build_aggregator()
         self.build_attack(agg)
         self.build_model_aggregator()  # a bad name is an error even where it is unused
+
+    def _check_data(self, check_model: bool = True) -> None:
+        """What the dataset declares (``datasets.dataset_info``, no data loaded) against the
+        config: the data dir exists and the files found look right (``datasets.check_files``,
+        cheap and cached), the model fits the inputs (``models.check_fits``: one forward pass
+        on a batch of one, cached), and after the validation split (``validation_size``)
+        every one of the ``n_honest + f`` workers can get at least one training example.
+        (``heterogeneity="dirichlet"`` may still leave a worker empty with few examples per
+        worker: the partition says so at set-up.)"""
+        from byzance import datasets, models
+
+        info = datasets.dataset_info(self.dataset)
+        if info.reads_files:
+            try:
+                datasets.check_data_dir(self.data_dir)
+            except ValueError as exc:
+                raise ValueError(f"ExperimentConfig.data_dir: {exc}") from exc
+            try:
+                datasets.check_files(info.name, self.data_dir)
+            except ValueError as exc:
+                raise ValueError(f"ExperimentConfig.dataset: {info.name}: {exc}") from exc
+        if check_model and self.model in models.MODELS:
+            try:
+                models.check_fits(self.model, info.input_shape, info.num_classes)
+            except ValueError as exc:
+                raise ValueError(
+                    f"ExperimentConfig.model: {self.model!r} cannot run on dataset {info.name!r} "
+                    f"(inputs of shape {info.input_shape}): {exc}"
+                ) from exc
+        workers, n = self.n_honest + self.f, info.num_train
+        n_val = validation_size(self.val_fraction, n)
+        need = f"the {workers} workers (n_honest={self.n_honest} + f={self.f}) need one each"
+        if n < workers:
+            raise ValueError(
+                f"ExperimentConfig.n_honest: dataset {info.name!r} has {n} training examples "
+                f"and {need}; use at most {n} workers"
+            )
+        if n - n_val < workers:
+            raise ValueError(
+                f"ExperimentConfig.val_fraction: {self.val_fraction} holds out {n_val} of the "
+                f"{n} training examples of {info.name!r} for validation, leaving {n - n_val}, "
+                f"and {need}; use val_fraction <= {(n - workers) / n:.6g}"
+            )
 
     def _check_device(self) -> None:
         import torch

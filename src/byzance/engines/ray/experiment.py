@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from byzance.engines.ray.options import RayOptions
+from byzance.protocols import PROTOCOLS
 
 
 @dataclass
@@ -19,8 +20,8 @@ class DecentralizedOptions:
     fields (``ExperimentConfig.model_aggregator`` / ``equivocate``): kept for
     ``run_decentralized_ray``."""
 
-    model_aggregator: str = "trimmed_mean"
-    equivocate: bool = True
+    model_aggregator: str = PROTOCOLS["decentralized"].fields["model_aggregator"]
+    equivocate: bool = PROTOCOLS["decentralized"].fields["equivocate"]
 
 
 def check_experiment(config: Any, options: RayOptions) -> None:
