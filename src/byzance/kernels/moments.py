@@ -49,58 +49,62 @@ _LANES = 128
 _CHUNKS_PER_THREAD = 4
 
 
+# Module level, not a closure: numba keys a cached function by the pickled values of its
+# closure variables, and a dispatcher pickles with a per-process id, so a kernel closing over
+# ``_block`` would compile again (and add a cache entry) in every new process.
+@numba.njit(inline="always", nogil=True, cache=True)
+def _block(x, j0, w, acc, mu, mean, direction, scale, denom):  # pragma: no cover - compiled
+    # Columns j0 .. j0 + w - 1: the mean, then the sum of squared deviations, both in
+    # float64. Every inner loop runs along the coordinates of rows (contiguous:
+    # vectorised); w is the constant ``lanes`` for full blocks (a fixed trip count). Rows
+    # are taken 4 at a time (fewer loads and stores of acc), added to acc in row order,
+    # ((acc + r0) + r1) + ..., so the sums are those of a loop over single rows.
+    h = x.shape[0]
+    h4 = h - h % 4
+    for lane in range(w):
+        acc[lane] = 0.0
+    for i in range(0, h4, 4):
+        r0 = x[i, j0 : j0 + w]
+        r1 = x[i + 1, j0 : j0 + w]
+        r2 = x[i + 2, j0 : j0 + w]
+        r3 = x[i + 3, j0 : j0 + w]
+        for lane in range(w):
+            acc[lane] = acc[lane] + r0[lane] + r1[lane] + r2[lane] + r3[lane]
+    for i in range(h4, h):
+        row = x[i, j0 : j0 + w]
+        for lane in range(w):
+            acc[lane] += row[lane]
+    for lane in range(w):
+        mu[lane] = acc[lane] * scale
+        acc[lane] = 0.0
+    for i in range(0, h4, 4):
+        r0 = x[i, j0 : j0 + w]
+        r1 = x[i + 1, j0 : j0 + w]
+        r2 = x[i + 2, j0 : j0 + w]
+        r3 = x[i + 3, j0 : j0 + w]
+        for lane in range(w):
+            m = mu[lane]
+            d0 = r0[lane] - m
+            d1 = r1[lane] - m
+            d2 = r2[lane] - m
+            d3 = r3[lane] - m
+            acc[lane] = acc[lane] + d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3
+    for i in range(h4, h):
+        row = x[i, j0 : j0 + w]
+        for lane in range(w):
+            dev = row[lane] - mu[lane]
+            acc[lane] += dev * dev
+    out_mean = mean[j0 : j0 + w]
+    out_direction = direction[j0 : j0 + w]
+    for lane in range(w):
+        out_mean[lane] = mu[lane]
+        out_direction[lane] = -np.sqrt(acc[lane] * denom)
+
+
 @functools.lru_cache(maxsize=1)
-def _compiled():  # compiled on first use
+def _compiled():  # compiled on first use (from numba's cache after the first process)
     select_threading_layer()
     lanes = _LANES
-
-    @numba.njit(inline="always", nogil=True)
-    def block(x, j0, w, acc, mu, mean, direction, scale, denom):  # pragma: no cover - compiled
-        # Columns j0 .. j0 + w - 1: the mean, then the sum of squared deviations, both in
-        # float64. Every inner loop runs along the coordinates of rows (contiguous:
-        # vectorised); w is the constant ``lanes`` for full blocks (a fixed trip count). Rows
-        # are taken 4 at a time (fewer loads and stores of acc), added to acc in row order,
-        # ((acc + r0) + r1) + ..., so the sums are those of a loop over single rows.
-        h = x.shape[0]
-        h4 = h - h % 4
-        for lane in range(w):
-            acc[lane] = 0.0
-        for i in range(0, h4, 4):
-            r0 = x[i, j0 : j0 + w]
-            r1 = x[i + 1, j0 : j0 + w]
-            r2 = x[i + 2, j0 : j0 + w]
-            r3 = x[i + 3, j0 : j0 + w]
-            for lane in range(w):
-                acc[lane] = acc[lane] + r0[lane] + r1[lane] + r2[lane] + r3[lane]
-        for i in range(h4, h):
-            row = x[i, j0 : j0 + w]
-            for lane in range(w):
-                acc[lane] += row[lane]
-        for lane in range(w):
-            mu[lane] = acc[lane] * scale
-            acc[lane] = 0.0
-        for i in range(0, h4, 4):
-            r0 = x[i, j0 : j0 + w]
-            r1 = x[i + 1, j0 : j0 + w]
-            r2 = x[i + 2, j0 : j0 + w]
-            r3 = x[i + 3, j0 : j0 + w]
-            for lane in range(w):
-                m = mu[lane]
-                d0 = r0[lane] - m
-                d1 = r1[lane] - m
-                d2 = r2[lane] - m
-                d3 = r3[lane] - m
-                acc[lane] = acc[lane] + d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3
-        for i in range(h4, h):
-            row = x[i, j0 : j0 + w]
-            for lane in range(w):
-                dev = row[lane] - mu[lane]
-                acc[lane] += dev * dev
-        out_mean = mean[j0 : j0 + w]
-        out_direction = direction[j0 : j0 + w]
-        for lane in range(w):
-            out_mean[lane] = mu[lane]
-            out_direction[lane] = -np.sqrt(acc[lane] * denom)
 
     @numba.njit(parallel=True, cache=True, nogil=True)
     def kernel(x, mean, direction, chunks):  # pragma: no cover - compiled
@@ -114,11 +118,11 @@ def _compiled():  # compiled on first use
             acc = np.empty(lanes, dtype=np.float64)
             mu = np.empty(lanes, dtype=np.float64)
             for blk in range(c * full // chunks, (c + 1) * full // chunks):
-                block(x, blk * lanes, lanes, acc, mu, mean, direction, scale, denom)
+                _block(x, blk * lanes, lanes, acc, mu, mean, direction, scale, denom)
         j0 = full * lanes
         if j0 < d:
             acc = np.empty(lanes, dtype=np.float64)
             mu = np.empty(lanes, dtype=np.float64)
-            block(x, j0, d - j0, acc, mu, mean, direction, scale, denom)
+            _block(x, j0, d - j0, acc, mu, mean, direction, scale, denom)
 
     return kernel
