@@ -285,7 +285,7 @@ def test_ray_option_flags_reach_the_engine(capsys, tmp_path, monkeypatch) -> Non
     calls = _fake_ray(monkeypatch)
     db = tmp_path / "r.db"
     common = [*TINY, "--aggregator", "median", "--no-reference", "--engine", "ray"]
-    argv = ["run", *common, "--checkpoint-dir", str(tmp_path / "ck"), "--num-cpus", "6"]
+    argv = ["run", *common, "--checkpoint-dir", str(tmp_path / "ck"), "--num-cpus", "8"]
     argv += ["--worker-cpus", "0.5", "--no-spread", "--db", str(db)]
     code, out, err = run_cli(capsys, *argv)
     assert code == 0, err
@@ -293,17 +293,17 @@ def test_ray_option_flags_reach_the_engine(capsys, tmp_path, monkeypatch) -> Non
     assert config.aggregator == "median" and config.protocol == "server"
     # --checkpoint-dir alone checkpoints every 10 rounds
     assert options.checkpoint_dir == str(tmp_path / "ck") and options.checkpoint_every == 10
-    assert (options.num_cpus, options.worker_cpus, options.spread) == (6, 0.5, False)
+    assert (options.num_cpus, options.worker_cpus, options.spread) == (8, 0.5, False)
     argv = ["run", *common, "--checkpoint-dir", "ck", "--checkpoint-every", "3"]
     assert run_cli(capsys, *argv)[0] == 0 and calls[-1][1].checkpoint_every == 3
 
     # decentralized: the protocol and its model aggregator are config fields
     calls.clear()
-    argv = ["run", *common, "--decentralized", "--num-cpus", "4", "--q", "7", "--db", str(db)]
+    argv = ["run", *common, "--decentralized", "--num-cpus", "16", "--q", "7", "--db", str(db)]
     code, out, err = run_cli(capsys, *argv)
     assert code == 0, err
     ((config, options),) = calls
-    assert config.protocol == "decentralized" and options.num_cpus == 4 and options.quorum == 7
+    assert config.protocol == "decentralized" and options.num_cpus == 16 and options.quorum == 7
     assert config.model_aggregator == "trimmed_mean" and config.equivocate
     assert "decentralized (model aggregator trimmed_mean)" in out
     assert "0.625 (spread 0.0421)" in out
@@ -368,6 +368,7 @@ def test_run_key_keeps_only_options_that_change_results() -> None:
         (["--worker-cpus", "-1"], "RayOptions.worker_cpus: expected a finite float >= 0"),
         (["--decentralized", "--set", "server_momentum=0.9"], "server_momentum: must be 0"),
         (["--protocol", "gossip"], "ExperimentConfig.protocol: expected one of server"),
+        (["--num-cpus", "4"], "Ray instance too small: 13 worker actors x 1 CPU = 13 CPU"),
     ],
 )
 def test_ray_option_errors(capsys, tmp_path, monkeypatch, flags, needle) -> None:

@@ -65,6 +65,9 @@ class Engine:
     summary: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     protocols: ClassVar[tuple[str, ...]] = ("server",)
+    #: whether a grid may run several of its runs at once, in worker processes (False for an
+    #: engine that starts processes of its own, e.g. Ray's actors)
+    parallel_runs: ClassVar[bool] = True
 
     # -- options ------------------------------------------------------------------------
     def make_options(self, values: Any = None) -> Any:

@@ -54,15 +54,29 @@ def connect(options: RayOptions) -> bool:
                 )
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
-    if not explicit:
+    if not explicit:  # "local": always a new instance here, never a running cluster
         kwargs.update(num_cpus=options.num_cpus, object_store_memory=options.object_store_memory)
-        if address == "local":
-            address = None
     try:
         ray.init(address=address, **kwargs)
     except ConnectionError as exc:
         raise ValueError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from exc
     return True
+
+
+def check_before_start(n_actors: int, options: RayOptions) -> None:
+    """What can be checked before Ray starts: an explicit address is reachable, and a local
+    instance of ``num_cpus`` CPUs can host ``n_actors`` actors of ``worker_cpus`` each."""
+    address = options.address
+    if address not in (None, "auto", "local"):
+        _check_reachable(address, options.connect_timeout)
+    elif address != "auto" and options.num_cpus is not None:
+        need = n_actors * options.worker_cpus
+        if need > options.num_cpus + 1e-9:
+            raise ValueError(
+                f"Ray instance too small: {n_actors} worker actors x {options.worker_cpus:g} "
+                f"CPU = {need:g} CPU needed, RayOptions.num_cpus={options.num_cpus}; raise "
+                "--num-cpus or lower --worker-cpus"
+            )
 
 
 def check_resources(n_actors: int, options: RayOptions) -> None:

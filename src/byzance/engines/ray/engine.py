@@ -26,6 +26,7 @@ class RayClusterEngine(Engine):
     summary = "real workers on Ray, one actor each (pip install 'byzance[ray]')"
     Options = RayOptions
     protocols = ("server", "decentralized")
+    parallel_runs = False  # its actors use the machine (the cluster) already
 
     def finish_options(self, options: RayOptions) -> None:
         options.finish()
@@ -37,12 +38,16 @@ class RayClusterEngine(Engine):
 
     def check(self, config: Any, options: RayOptions) -> None:
         super().check(config, options)
+        from byzance.engines.ray.cluster import check_before_start
+
         if config.protocol == "decentralized":
             from byzance.engines.ray.decentralized import check_decentralized
 
-            check_decentralized(config, options)
+            plan = check_decentralized(config, options)
+            check_before_start(plan.n, options)
             return
         n, q = quorum_for(config, options)
+        check_before_start(n, options)
         if not 1 <= q <= n:
             raise ValueError(f"RayOptions.quorum: expected 1 <= q <= n={n}, got q={q}")
         try:

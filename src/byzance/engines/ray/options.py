@@ -109,7 +109,7 @@ class RayOptions:
     object_store_memory: int | None = option(
         None, OptionalOf(Integer(low=1)), "object store bytes of a local instance", cli=False
     )
-    torch_threads: int = option(1, Integer(low=1), "intra-op torch threads per actor")
+    torch_threads: int = option(1, Integer(low=1), "intra-op torch threads per actor (default 1)")
     reject_nonfinite: bool = option(
         True, Boolean(), "treat vectors with NaN/inf as malformed", cli=False
     )
