@@ -14,14 +14,19 @@ selection: for each setting and rule, the hyper-parameters maximising the worst-
 validation split the test accuracy is used, with a printed warning. Figures and tables then use
 the selected hyper-parameters.
 
-Outputs in ``out_dir``: ``curves*.{png,pdf}`` (test accuracy per round, one panel per attack,
-one line per rule, band = min..max over seeds), ``heatmap*.{png,pdf}`` (worst-case accuracy, x:
-f, y: heterogeneity, one panel per rule), ``summary.md``, ``summary.csv`` (every (setting, rule,
-hyper, attack) cell) and ``selection.csv``. Matplotlib is imported only in ``figures``, lazily.
+Outputs in ``out_dir``: figures chosen by the grid's shape (``figures.plan_figures``):
+``curves*.{png,pdf}`` per setting (test accuracy per round, one panel per attack, one line per
+rule, band = min..max over seeds); ``heatmap*`` when f and heterogeneity both vary (worst-case
+accuracy, x: f, y: heterogeneity, one panel per rule); ``sweep_f*`` / ``sweep_heterogeneity*``
+and a one-panel ``heatmap*`` (rule x that axis) when only one of them varies; ``rules*`` (bars
+per rule) when neither does. Then ``summary.md`` (listing the figures), ``summary.csv`` (every
+(setting, rule, hyper, attack) cell) and ``selection.csv``. Matplotlib is imported lazily, only
+to draw (``layout``).
 
 Modules: ``labels`` (config split, attack / heterogeneity labels), ``selection`` (hyper-parameter
 selection), ``analysis`` (grouping runs over seeds), ``tables`` (CSV / markdown), ``figures``
-(curves, heatmaps); ``build_report`` here ties them together.
+(which figures), ``plots`` / ``heatmaps`` (drawing them), ``layout`` (style, fitting);
+``build_report`` here ties them together.
 """
 
 from __future__ import annotations
@@ -34,24 +39,30 @@ from typing import TextIO
 from byzance.report.analysis import Analysis, Run, analyse
 from byzance.report.figures import (
     FORMATS,
+    FigureSpec,
     _figure_class,
-    _slug,
+    draw_figures,
+    plan_figures,
     plot_curves,
     plot_heatmap,
+    plot_rule_heatmap,
+    plot_rules,
+    plot_sweep,
 )
+from byzance.report.figures import _slug as _slug
 from byzance.report.labels import (
     HYPER_FIELDS,
     IGNORED_FIELDS,
     NO_ATTACK,
     SPECIAL_FIELDS,
     Key,
-    _sort_key,
     attack_label,
     heterogeneity_label,
 )
 from byzance.report.labels import _hashable as _hashable
 from byzance.report.labels import _label as _label
 from byzance.report.labels import _show as _show
+from byzance.report.labels import _sort_key as _sort_key
 from byzance.report.labels import _split as _split
 from byzance.report.selection import Cell, Selection, select_hyperparameters
 from byzance.report.selection import _worst as _worst
@@ -67,6 +78,7 @@ __all__ = [
     "SPECIAL_FIELDS",
     "Analysis",
     "Cell",
+    "FigureSpec",
     "Key",
     "Run",
     "Selection",
@@ -78,6 +90,10 @@ __all__ = [
     "open_db",
     "plot_curves",
     "plot_heatmap",
+    "plot_rule_heatmap",
+    "plot_rules",
+    "plot_sweep",
+    "plan_figures",
     "select_hyperparameters",
     "write_csv",
     "write_selection_csv",
@@ -96,11 +112,10 @@ def build_report(
     if fmt not in FORMATS:
         raise ValueError(f"report: format must be one of {list(FORMATS)}, got {fmt!r}")
     db_path = Path(db_path)
-    if not db_path.is_file():
-        raise ValueError(f"report: results DB {str(db_path)!r} not found")
+    out = _out_dir(out_dir)
     if figures:
         _figure_class()  # fail before writing anything
-    with open_db(db_path) as db:
+    with open_db(db_path, readonly=True) as db:  # never written (nor created) by a report
         all_runs = db.load_runs()
         finished = [r for r in all_runs if r["status"] == "finished"]
         metrics = db.load_metrics({r["run_id"] for r in finished})
@@ -117,27 +132,34 @@ def build_report(
             "are selected on test accuracy, which overestimates it",
             file=stream,
         )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"report: cannot create --out folder {str(out)!r}: {err.strerror}"
+        ) from None
     files = []
     for name, writer in (("summary.csv", write_csv), ("selection.csv", write_selection_csv)):
         writer(analysis, out / name)
         files.append(out / name)
-    (out / "summary.md").write_text(markdown_summary(analysis))
+    # the figures follow the grid's shape (byzance.report.figures); summary.md lists them
+    plan = plan_figures(analysis) if figures else []
+    listed = [(f"{spec.name}.{fmt}", spec.description) for spec in plan]
+    (out / "summary.md").write_text(markdown_summary(analysis, listed))
     files.append(out / "summary.md")
-    if figures:
-        settings = analysis.settings()
-        for setting in settings:
-            name = "curves" if len(settings) == 1 else f"curves_{_slug(setting)}"
-            path = out / f"{name}.{fmt}"
-            plot_curves(analysis, setting, path)
-            files.append(path)
-        outer_groups: dict[Key, list[Key]] = defaultdict(list)
-        for s in settings:
-            outer_groups[tuple((k, v) for k, v in s if k not in ("f", "heterogeneity"))].append(s)
-        for outer, members in sorted(outer_groups.items(), key=lambda kv: _sort_key(kv[0])):
-            name = "heatmap" if len(outer_groups) == 1 else f"heatmap_{_slug(outer)}"
-            path = out / f"{name}.{fmt}"
-            plot_heatmap(analysis, outer, members, path)
-            files.append(path)
+    files.extend(draw_figures(plan, out, fmt))
     return files
+
+
+def _out_dir(out_dir: str | Path) -> Path:
+    """The report's folder (made later): ``ValueError`` if it is a file or lies below one."""
+    out = Path(out_dir)
+    for above in (out, *out.parents):
+        if not above.exists():
+            continue
+        if above == out and not above.is_dir():
+            raise ValueError(f"report: --out {str(out)!r} is a file, expected a folder")
+        if not above.is_dir():
+            raise ValueError(f"report: cannot create --out {str(out)!r}: {str(above)!r} is a file")
+        break
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from byzance.report.analysis import Analysis
@@ -87,8 +88,9 @@ def write_selection_csv(analysis: Analysis, path: Path) -> None:
             )
 
 
-def markdown_summary(analysis: Analysis) -> str:
-    """Per setting: rules (selected hypers) x attacks, final test accuracy mean ± std."""
+def markdown_summary(analysis: Analysis, figures: Sequence[tuple[str, str]] = ()) -> str:
+    """Per setting: rules (selected hypers) x attacks, final test accuracy mean ± std; first a
+    list of the ``figures`` drawn, ``(file name, description)``, linked."""
     lines = ["# byzance report", ""]
     counts = analysis.counts
     if counts:
@@ -105,6 +107,10 @@ def markdown_summary(analysis: Analysis) -> str:
             f"rule and setting by the best worst-case {source} accuracy."
         )
     lines.append("")
+    if figures:
+        lines += ["## Figures", ""]
+        lines += [f"- [{name}]({name}): {description}" for name, description in figures]
+        lines.append("")
     for setting in analysis.settings():
         attacks = analysis.attacks(setting)
         lines.append(f"## {_label(setting)}")

@@ -177,12 +177,14 @@ class ExperimentConfig:
         """Plain JSON-serialisable dict of every field (``from_dict(to_dict())`` round-trips)."""
         return dataclasses.asdict(self)
 
-    def key(self, engine: str = "sim", options: Any = None) -> str:
-        """Stable 16-hex-digit id of this config run on ``engine`` with ``options``: its run id
-        in the results database (``byzance.results.run_id``, the one definition)."""
+    def key(self, engine: str = "sim", id_fields: dict[str, Any] | None = None) -> str:
+        """Stable 16-hex-digit id of this config run on ``engine``: its run id in the results
+        database (``byzance.results.run_id``, the one definition). ``id_fields``: the engine's
+        options that change the result, as ``Engine.id_fields`` gives them; to start from an
+        engine's options, use ``byzance.runner.run_key(config, engine, options)``."""
         from byzance.results import run_id
 
-        return run_id(self.to_dict(), engine, options)
+        return run_id(self.to_dict(), engine, id_fields)
 
     def replace(self, **changes: Any) -> ExperimentConfig:
         """Copy with some fields changed (checked like ``from_dict``)."""
