@@ -35,3 +35,22 @@ def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():
         pytest.skip(f"no shared datasets at {SHARED_DATASETS}")
     return SHARED_DATASETS
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray instance of 8 logical CPUs for the tests of one module (skipped without
+    Ray); the engines reuse an initialised Ray."""
+    import logging
+
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(
+        num_cpus=8,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        object_store_memory=300 * 1024**2,
+    )
+    yield
+    ray.shutdown()

@@ -30,7 +30,6 @@ tolerance, so an engine that did so would fail.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -71,19 +70,6 @@ CASES = {
 #: no round timeout may fire (a loaded machine): every node is in every round
 OPTIONS = {"round_timeout": 300.0, "startup_timeout": 300.0, "worker_cpus": 1.0}
 
-
-@pytest.fixture(scope="module")
-def ray_local():
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(
-        num_cpus=8,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        object_store_memory=300 * 1024**2,
-    )
-    yield
-    ray.shutdown()
 
 
 # ------------------------------------------------------------------ the rules, by definition

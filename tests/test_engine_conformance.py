@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import logging
 import re
 from typing import Any
 
@@ -104,20 +103,6 @@ def run_hooks(engine: str) -> set[str]:
 class DriverDied(Exception):
     """Raised from a hook to simulate the driver dying mid-run."""
 
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(
-        num_cpus=8,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        object_store_memory=300 * 1024**2,
-    )
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(params=ENGINES)

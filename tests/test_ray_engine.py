@@ -7,7 +7,6 @@ own actors. Fault injection goes through ``RayEngine.inject_fault`` / ``kill_wor
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 
@@ -40,19 +39,6 @@ def tiny(**changes) -> ExperimentConfig:
     }
     return ExperimentConfig.from_dict({**base, **changes})
 
-
-@pytest.fixture(scope="module")
-def ray_local():
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(
-        num_cpus=8,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        object_store_memory=300 * 1024**2,
-    )
-    yield
-    ray.shutdown()
 
 
 # ------------------------------------------------------------------ errors before training
