@@ -317,6 +317,7 @@ def test_download_from_file_mirror(
         idx.FASHION_MNIST, mirrors=((tmp_path / "nowhere").as_uri(), src.as_uri())
     )
     monkeypatch.setitem(idx.IDX_DATASETS, "fashion-mnist", info)
+    (tmp_path / "data").mkdir()
     ds = D.load_dataset("fashion-mnist", data_dir=tmp_path / "data", download=True)
     check_fashion(ds)
     got = sorted(p.name for p in (tmp_path / "data" / "fashion-mnist").iterdir())
@@ -333,9 +334,10 @@ def test_download_rejects_corrupted_file_atomically(
         write(mirror / f"{name}.gz", idx_bytes(np.zeros(shape, dtype=np.uint8)))
     info = dataclasses.replace(idx.FASHION_MNIST, mirrors=(mirror.as_uri(),))
     monkeypatch.setitem(idx.IDX_DATASETS, "fashion-mnist", info)
+    (tmp_path / "data").mkdir()
     with pytest.raises(D.DatasetNotFoundError, match="(?s)train-images.*expected c59f468a"):
         D.load_dataset("fashion-mnist", data_dir=tmp_path / "data", download=True)
-    assert list((tmp_path / "data" / "fashion-mnist").iterdir()) == []
+    assert list((tmp_path / "data").iterdir()) == []  # not even the fashion-mnist folder
 
 
 def test_mnist_download_checks_archive_md5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -344,9 +346,170 @@ def test_mnist_download_checks_archive_md5(tmp_path: Path, monkeypatch: pytest.M
     write(mirror / "train-images-idx3-ubyte.gz", idx_bytes(np.zeros((2, 28, 28), np.uint8)))
     info = dataclasses.replace(idx.MNIST, mirrors=(mirror.as_uri(),))
     monkeypatch.setitem(idx.IDX_DATASETS, "mnist", info)
+    (tmp_path / "data").mkdir()
     with pytest.raises(D.DatasetNotFoundError, match="MD5 .* expected f68b3c2d"):
         D.load_dataset("mnist", data_dir=tmp_path / "data", download=True)
-    assert not any((tmp_path / "data" / "mnist").iterdir())
+    assert not (tmp_path / "data" / "mnist").exists()
+
+
+def failing_urlopen(calls: list[str]):  # noqa: ANN201
+    def urlopen(url: str, timeout: float = 0.0):  # noqa: ANN202
+        calls.append(url)
+        raise OSError("no network in tests")
+
+    return urlopen
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "cifar10"])
+def test_failed_download_creates_no_folder(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(download, "urlopen", failing_urlopen(calls))
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(D.DatasetNotFoundError, match="could not download"):
+        D.load_dataset(name, data_dir=data, download=True)
+    assert calls and list(data.iterdir()) == []  # tried, and left nothing behind
+    # the default data dir (~/.cache/byzance) is not created either
+    monkeypatch.delenv("BYZANCE_DATA_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(D.DatasetNotFoundError, match="could not download"):
+        D.load_dataset(name, download=True)
+    assert not (tmp_path / "home").exists()
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "cifar10"])
+def test_missing_data_dir_is_never_created(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(download, "urlopen", failing_urlopen(calls))
+    typo = tmp_path / "dta"
+    with pytest.raises(D.DatasetNotFoundError, match=f"^data dir {typo} does not exist$"):
+        D.load_dataset(name, data_dir=typo, download=True)
+    monkeypatch.setenv("BYZANCE_DATA_DIR", str(typo))
+    with pytest.raises(D.DatasetNotFoundError, match=r"\(from \$BYZANCE_DATA_DIR\) does not"):
+        D.load_dataset(name, download=True)
+    assert not typo.exists() and calls == []  # no download tried either
+    typo.write_text("a file")
+    with pytest.raises(D.DatasetNotFoundError, match="is not a directory"):
+        D.load_dataset(name, data_dir=typo)
+
+
+def test_download_into_a_missing_default_dir_creates_it_on_success(
+    shared_datasets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = shared_datasets / "mnist"
+    if not src.is_dir():
+        pytest.skip("no MNIST in the shared datasets")
+    info = dataclasses.replace(idx.MNIST, mirrors=(src.as_uri(),))
+    monkeypatch.setitem(idx.IDX_DATASETS, "mnist", info)
+    monkeypatch.delenv("BYZANCE_DATA_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    ds = D.load_dataset("mnist", download=True)
+    assert ds.num_train == 60000
+    folder = tmp_path / "home" / ".cache" / "byzance" / "mnist"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{n}.gz" for n in FASHION_FILES)
+
+
+@pytest.mark.parametrize("layout", ["subfolder", "flat"])
+def test_one_missing_file_is_named_exactly(
+    shared_datasets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
+) -> None:
+    src = shared_datasets / "mnist"
+    if not src.is_dir():
+        pytest.skip("no MNIST in the shared datasets")
+    folder = tmp_path / "mnist" if layout == "subfolder" else tmp_path
+    folder.mkdir(exist_ok=True)
+    for name in FASHION_FILES[:3]:
+        (folder / f"{name}.gz").symlink_to(src / f"{name}.gz")
+    with pytest.raises(D.DatasetNotFoundError) as info:
+        D.load_dataset("mnist", data_dir=tmp_path, download=False)
+    first = str(info.value).splitlines()[0]
+    assert first == (
+        f"mnist: missing file(s) t10k-labels-idx1-ubyte (.gz or uncompressed) in {folder}, "
+        "which holds the other file(s)."
+    )
+    # a download fetches only that file, next to the others
+    calls: list[str] = []
+    real = download.urlopen
+    monkeypatch.setattr(download, "urlopen", lambda url, **kw: calls.append(url) or real(url, **kw))
+    info_ = dataclasses.replace(idx.MNIST, mirrors=(src.as_uri(),))
+    monkeypatch.setitem(idx.IDX_DATASETS, "mnist", info_)
+    ds = D.load_dataset("mnist", data_dir=tmp_path, download=True)
+    assert ds.num_test == 10000
+    assert [u.rsplit("/", 1)[1] for u in calls] == ["t10k-labels-idx1-ubyte.gz"]
+    assert (folder / "t10k-labels-idx1-ubyte.gz").is_file()
+
+
+def test_cifar_partial_folder_names_the_missing_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "cifar10" / cifar.FOLDER
+    fake_cifar(folder, monkeypatch)
+    (folder / "data_batch_4").unlink()
+    with pytest.raises(D.DatasetNotFoundError, match=rf"^cifar10: {folder} lacks data_batch_4 "):
+        D.load_dataset("cifar10", data_dir=tmp_path, download=False)
+
+
+def test_oversized_files_are_refused_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a gzip bomb (or any wrong file) is not decompressed past the size the file should have
+    bomb = tmp_path / "train-labels-idx1-ubyte.gz"
+    bomb.write_bytes(gzip.compress(idx_bytes(np.zeros(60000, np.uint8)) + bytes(50 << 20)))
+    with pytest.raises(D.DatasetError, match="holds more than the 60008 bytes expected"):
+        idx._checked_array(bomb, idx.MNIST.files[1], 10)
+    raw = tmp_path / "raw"
+    raw.write_bytes(bytes(100))
+    with pytest.raises(D.DatasetError, match="raw holds more than the 99 bytes"):
+        download.open_content(raw, limit=99)
+    assert download.open_content(raw, limit=100) == bytes(100)
+    folder = tmp_path / "c" / cifar.FOLDER
+    fake_cifar(folder, monkeypatch)
+    monkeypatch.setattr(cifar, "MAX_BATCH_BYTES", 100)
+    with pytest.raises(D.DatasetError, match="data_batch_1 is not a CIFAR-10 batch: .* more than"):
+        D.load_dataset("cifar10", data_dir=tmp_path / "c", download=False)
+
+
+def test_mnist_content_is_checked(shared_datasets: Path, tmp_path: Path) -> None:
+    mnist, fashion = shared_datasets / "mnist", shared_datasets / "fashion-mnist"
+    if not (mnist.is_dir() and fashion.is_dir()):
+        pytest.skip("no MNIST and Fashion-MNIST in the shared datasets")
+    for name in FASHION_FILES[1:]:
+        (tmp_path / f"{name}.gz").symlink_to(mnist / f"{name}.gz")
+    raw = bytearray(gzip.decompress((mnist / f"{FASHION_FILES[0]}.gz").read_bytes()))
+    raw[5000] ^= 0x10  # one pixel: structurally valid
+    (tmp_path / FASHION_FILES[0]).write_bytes(bytes(raw))
+    with pytest.raises(D.ChecksumError, match="train-images-idx3-ubyte is corrupted: sha256"):
+        D.load_dataset("mnist", data_dir=tmp_path, download=False)
+    (tmp_path / FASHION_FILES[0]).unlink()  # Fashion-MNIST's images in MNIST's place
+    (tmp_path / f"{FASHION_FILES[0]}.gz").symlink_to(fashion / f"{FASHION_FILES[0]}.gz")
+    with pytest.raises(D.ChecksumError, match="train-images-idx3-ubyte.gz is corrupted"):
+        D.load_dataset("mnist", data_dir=tmp_path, download=False)
+
+
+def test_check_files_names_a_damaged_file_cheaply(shared_datasets: Path, tmp_path: Path) -> None:
+    src = shared_datasets / "mnist"
+    if not src.is_dir():
+        pytest.skip("no MNIST in the shared datasets")
+    for name in FASHION_FILES:
+        (tmp_path / f"{name}.gz").symlink_to(src / f"{name}.gz")
+    D.check_files("mnist", tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").unlink()
+    raw = gzip.decompress((src / "t10k-images-idx3-ubyte.gz").read_bytes())
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(raw[:-1])
+    with pytest.raises(D.DatasetError, match="t10k-images-idx3-ubyte is truncated"):
+        D.check_files("mnist", tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + raw[4:])
+    D.check_files("mnist", tmp_path)  # a changed file is looked at again
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"PK\x03\x04" + raw[4:])
+    with pytest.raises(D.DatasetError, match="is not t10k-images-idx3-ubyte"):
+        D.check_files("mnist", tmp_path)
+    D.check_files("digits", "/no/such/dir")  # no files: nothing to check
+    (tmp_path / "empty").mkdir()
+    D.check_files("mnist", tmp_path / "empty")  # missing files are left to the download
 
 
 # ----------------------------------------------------------------------------- built-ins

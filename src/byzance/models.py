@@ -24,13 +24,14 @@ Names (:func:`create_model`):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "create_model", "num_parameters"]
+__all__ = ["MODELS", "check_fits", "create_model", "num_parameters"]
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -195,3 +196,33 @@ def create_model(
 def num_parameters(model: nn.Module) -> int:
     """Number of scalar parameters (the dimension d of the gradients the workers send)."""
     return sum(p.numel() for p in model.parameters())
+
+
+@functools.lru_cache(maxsize=64)
+def check_fits(name: str, input_shape: tuple[int, ...], num_classes: int) -> int:
+    """Check that model ``name`` can be built for inputs of ``input_shape`` and
+    ``num_classes`` classes, and maps a batch of one input to ``(1, num_classes)`` logits.
+
+    The model is built on PyTorch's ``meta`` device (no initialisation: torch's random
+    generators are untouched), given uninitialised CPU storage and run once on a zero batch,
+    so this is cheap, and cached. Returns the number of parameters; raises ``ValueError``
+    saying why the model does not fit.
+    """
+    shape = tuple(input_shape)
+    with torch.device("meta"):
+        model = create_model(name, shape, num_classes)
+    model = model.to_empty(device="cpu")
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *shape))
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"model {name!r} does not fit inputs of shape {shape}: a forward pass fails ({detail})"
+        ) from e
+    if tuple(out.shape) != (1, num_classes):
+        raise ValueError(
+            f"model {name!r} maps inputs of shape {shape} to outputs of shape "
+            f"{tuple(out.shape[1:])}, expected ({num_classes},) class scores"
+        )
+    return num_parameters(model)

@@ -78,10 +78,13 @@ def load_dataset(
     ``options`` are only accepted for ``"synthetic"`` (the arguments of
     :func:`byzance.datasets.builtin.make_synthetic`, e.g. ``seed=1``). With ``download=True``
     missing MNIST / Fashion-MNIST / CIFAR-10 files are downloaded into
-    ``<data dir>/<name>/`` and verified first.
+    ``<data dir>/<name>/`` (MNIST-like files: next to the others if some are in the data dir
+    itself) and verified first.
 
-    Raises ``DatasetNotFoundError`` (a ``FileNotFoundError`` and ``ValueError``) when files
-    are missing, listing every place searched and how to get them; ``ChecksumError`` when a
+    Raises ``DatasetNotFoundError`` (a ``FileNotFoundError`` and ``ValueError``) when the data
+    dir named (``data_dir`` or ``$BYZANCE_DATA_DIR``) does not exist (it is never created), or
+    when files are missing, naming them and listing every place searched and how to get them
+    (a failed download leaves no folder behind); ``ChecksumError`` when a
     file's content does not match its published checksum; ``DatasetError`` (a
     ``ValueError``) for unknown names, bad options and truncated or malformed files.
     """

@@ -7,8 +7,16 @@ import torch
 
 from byzance.datasets.errors import DatasetError
 
-#: fraction of the 1797 digits kept for testing (a fixed, seeded split)
+#: number of images in scikit-learn's digits, and the fraction kept for testing (a fixed,
+#: seeded split)
+DIGITS_SIZE = 1797
 DIGITS_TEST_FRACTION = 0.2
+
+
+def digits_split_sizes(total: int = DIGITS_SIZE) -> tuple[int, int]:
+    """``(train, test)`` sizes of the digits split of ``total`` images (1438, 359)."""
+    n_test = round(DIGITS_TEST_FRACTION * total)
+    return total - n_test, n_test
 
 
 def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -24,7 +32,7 @@ def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tor
     x = np.asarray(bunch.data, dtype=np.float64)
     y = np.asarray(bunch.target, dtype=np.int64)
     perm = np.random.default_rng(0).permutation(len(y))
-    n_test = round(DIGITS_TEST_FRACTION * len(y))
+    n_test = digits_split_sizes(len(y))[1]
     test, train = perm[:n_test], perm[n_test:]
     mean = x[train].mean(axis=0)
     std = x[train].std(axis=0)

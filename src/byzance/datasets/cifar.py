@@ -24,6 +24,7 @@ import torch
 
 from byzance.datasets.download import (
     candidate_dirs,
+    check_data_dir,
     digest,
     download,
     is_verified,
@@ -48,6 +49,10 @@ BATCH_MD5: dict[str, str] = {
 }
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCHES = ("test_batch",)
+#: images per batch file, and an upper bound on a batch file's size (about 31 MB each): a
+#: larger file is refused before it is read
+BATCH_IMAGES = 10000
+MAX_BATCH_BYTES = 64 << 20
 
 #: per-channel mean and standard deviation of the training pixels in [0, 1]
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -115,30 +120,62 @@ def _check_md5(data: bytes, name: str, where: Path | str) -> None:
         )
 
 
+def _too_large(where: Path | str, size: int) -> DatasetError:
+    return DatasetError(
+        f"{where} is not a CIFAR-10 batch: {size} bytes, more than the {MAX_BATCH_BYTES} a "
+        "batch can hold (wrong or damaged file)"
+    )
+
+
+def _verified_batch(folder: Path, name: str, read: bool = True) -> bytes | None:
+    """The bytes of batch ``name`` in ``folder``, checked against its MD5 unless a stamp says
+    the file was already (``None`` then if not ``read``)."""
+    path = folder / name
+    key = f"md5:{BATCH_MD5[name]}"
+    try:
+        size = path.stat().st_size
+        if size > MAX_BATCH_BYTES:
+            raise _too_large(path, size)
+        if not read and is_verified(path, key):
+            return None
+        data = path.read_bytes()
+    except OSError as e:
+        raise DatasetNotFoundError(f"cannot read CIFAR-10 batch {path}: {e}") from e
+    if not is_verified(path, key):
+        _check_md5(data, name, path)
+        mark_verified(path, key)
+    return data
+
+
 def _from_folder(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     out = {}
     for name in (*TRAIN_BATCHES, *TEST_BATCHES):
-        path = folder / name
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise DatasetNotFoundError(f"cannot read CIFAR-10 batch {path}: {e}") from e
-        key = f"md5:{BATCH_MD5[name]}"
-        if not is_verified(path, key):
-            _check_md5(data, name, path)
-            mark_verified(path, key)
-        out[name] = parse_batch(data, path)
+        data = _verified_batch(folder, name)
+        assert data is not None
+        out[name] = parse_batch(data, folder / name)
     return out
 
 
+def _archive_key() -> str:
+    return "md5-members:" + ",".join(BATCH_MD5[n] for n in (*TRAIN_BATCHES, *TEST_BATCHES))
+
+
 def _from_archive(archive: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    key = "md5-members:" + ",".join(BATCH_MD5[n] for n in (*TRAIN_BATCHES, *TEST_BATCHES))
+    key = _archive_key()
     trusted = is_verified(archive, key)
     out = {}
     try:
         with tarfile.open(archive, "r:gz") as tar:
             for name in (*TRAIN_BATCHES, *TEST_BATCHES):
-                member = tar.extractfile(f"{FOLDER}/{name}")
+                try:
+                    info = tar.getmember(f"{FOLDER}/{name}")
+                except KeyError:
+                    raise DatasetError(
+                        f"CIFAR-10 archive {archive} has no member {FOLDER}/{name}"
+                    ) from None
+                if info.size > MAX_BATCH_BYTES:
+                    raise _too_large(f"{archive}:{FOLDER}/{name}", info.size)
+                member = tar.extractfile(info)
                 if member is None:
                     raise DatasetError(f"{archive}: {FOLDER}/{name} is not a regular file")
                 data = member.read()
@@ -160,9 +197,19 @@ def _locations(data_dir: str | os.PathLike[str] | None) -> list[Path]:
 
 
 def _missing_message(locs: list[Path]) -> str:
+    head = f"cifar10: no complete {FOLDER}/ folder (data_batch_1..5, test_batch) or {ARCHIVE}."
+    partial = [
+        (loc, [n for n in BATCH_MD5 if not (loc / n).is_file()])
+        for loc in locs
+        if loc.name != ARCHIVE and loc.is_dir()
+    ]
+    partial = [(loc, missing) for loc, missing in partial if len(missing) < len(BATCH_MD5)]
+    if partial:  # name exactly what the most complete folder lacks
+        loc, missing = min(partial, key=lambda p: len(p[1]))
+        head = f"cifar10: {loc} lacks {', '.join(missing)} (and there is no {ARCHIVE})."
     return "\n".join(
         [
-            f"cifar10: no complete {FOLDER}/ folder (data_batch_1..5, test_batch) or {ARCHIVE}.",
+            head,
             "Looked in:",
             *(f"  {p}" for p in locs),
             "To get it:",
@@ -180,19 +227,42 @@ def _check_archive(tmp: Path) -> None:
         raise ChecksumError(f"downloaded {ARCHIVE} has MD5 {got}, expected {ARCHIVE_MD5}")
 
 
+def _find(locs: list[Path]) -> Path | None:
+    """The first complete batch folder or archive among ``locs``."""
+    for loc in locs:
+        if loc.is_dir() and all((loc / n).is_file() for n in BATCH_MD5):
+            return loc
+        if loc.name == ARCHIVE and loc.is_file():
+            return loc
+    return None
+
+
+def verify_cifar10_files(data_dir: str | os.PathLike[str] | None) -> Path | None:
+    """Check the files a load would read against their MD5s (skipped where a stamp says they
+    were, so cheap after the first time), without decoding them; returns the folder or archive
+    found (``None``: nothing found, a load would download it)."""
+    check_data_dir(data_dir)
+    found = _find(_locations(data_dir))
+    if found is None:
+        return None
+    if found.is_dir():
+        for name in BATCH_MD5:
+            _verified_batch(found, name, read=False)
+    elif not is_verified(found, _archive_key()):
+        _from_archive(found)
+    return found
+
+
 def load_cifar10(
     data_dir: str | os.PathLike[str] | None, download_missing: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Load ``(x_train, y_train, x_test, y_test)``, images normalised, shape (N, 3, 32, 32)."""
+    check_data_dir(data_dir)
     locs = _locations(data_dir)
+    found = _find(locs)
     batches = None
-    for loc in locs:
-        if loc.is_dir() and all((loc / n).is_file() for n in BATCH_MD5):
-            batches = _from_folder(loc)
-            break
-        if loc.name == ARCHIVE and loc.is_file():
-            batches = _from_archive(loc)
-            break
+    if found is not None:
+        batches = _from_folder(found) if found.is_dir() else _from_archive(found)
     if batches is None:
         if not download_missing:
             raise DatasetNotFoundError(_missing_message(locs))

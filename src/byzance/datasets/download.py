@@ -8,7 +8,10 @@ Data directory resolution (first match wins):
 
 Files are accepted directly in that directory or in ``<dir>/<dataset-name>/``. Fashion-MNIST
 is also looked for in ``/usr/share/datasets/fashion-mnist`` (Debian package
-``dataset-fashion-mnist``). Downloads go to ``<dir>/<dataset-name>/``.
+``dataset-fashion-mnist``). Downloads go to ``<dir>/<dataset-name>/``. A data directory the user
+names (``data_dir`` or ``BYZANCE_DATA_DIR``) must exist: it is never created; the
+``<dataset-name>/`` sub-folder (and the default ``~/.cache/byzance``) is created only once a
+download has succeeded, so a failed download leaves no folder behind.
 
 Checksums are SHA-256 (or MD5 where only that is published) of the *decompressed* content,
 so a recompressed copy of a ``.gz`` file still verifies. Hashing a large file on every load
@@ -25,6 +28,7 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import urllib.request
 import zlib
@@ -58,6 +62,26 @@ def resolve_root(data_dir: str | os.PathLike[str] | None) -> Path:
     return Path(data_dir).expanduser() if data_dir is not None else default_dir()
 
 
+def check_data_dir(data_dir: str | os.PathLike[str] | None) -> None:
+    """Raise ``DatasetNotFoundError`` if the data directory the user named (``data_dir``, else
+    ``$BYZANCE_DATA_DIR``) does not exist or is not a directory; the default is not checked."""
+    if data_dir is not None:
+        if not str(data_dir).strip():
+            raise DatasetNotFoundError(
+                "data dir is empty; leave it out for the default ($BYZANCE_DATA_DIR, else "
+                "~/.cache/byzance)"
+            )
+        root, origin = Path(data_dir).expanduser(), ""
+    elif os.environ.get("BYZANCE_DATA_DIR"):
+        root, origin = default_dir(), " (from $BYZANCE_DATA_DIR)"
+    else:
+        return
+    if not root.exists():
+        raise DatasetNotFoundError(f"data dir {root}{origin} does not exist")
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"data dir {root}{origin} is not a directory")
+
+
 def candidate_dirs(name: str, data_dir: str | os.PathLike[str] | None) -> list[Path]:
     """Every directory searched for dataset ``name``, in order."""
     root = resolve_root(data_dir)
@@ -69,21 +93,33 @@ def candidate_dirs(name: str, data_dir: str | os.PathLike[str] | None) -> list[P
     return seen
 
 
-def open_content(path: Path) -> bytes:
-    """The decompressed bytes of ``path`` (gzip if it ends in ``.gz``), with a clear error."""
+def open_content(path: Path, limit: int | None = None) -> bytes:
+    """The decompressed bytes of ``path`` (gzip if it ends in ``.gz``), with a clear error.
+
+    With ``limit``, content longer than ``limit`` bytes is refused without reading it all
+    (a wrong file, or a gzip bomb, never fills the memory).
+    """
+    too_long = DatasetError(
+        f"dataset file {path} holds more than the {limit} bytes expected (wrong or damaged "
+        "file); delete it and download it again"
+    )
     try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DatasetNotFoundError(f"cannot read dataset file {path}: {e}") from e
-    if path.suffix != ".gz":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:
+        if path.suffix != ".gz":
+            if limit is not None and path.stat().st_size > limit:
+                raise too_long
+            return path.read_bytes()
+        with gzip.open(path, "rb") as fh:
+            data = fh.read(-1 if limit is None else limit + 1)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise DatasetError(
             f"dataset file {path} is truncated or corrupted (gzip: {e}); delete it and "
             "download it again"
         ) from e
+    except OSError as e:
+        raise DatasetNotFoundError(f"cannot read dataset file {path}: {e}") from e
+    if limit is not None and len(data) > limit:
+        raise too_long
+    return data
 
 
 def digest(data: bytes, algorithm: str) -> str:
@@ -162,23 +198,31 @@ def download(
 ) -> Path:
     """Download ``filename`` from the first working mirror into ``target_dir``.
 
-    The file is written to a temporary file in ``target_dir``, checked with ``check(tmp)``
-    (which raises on a bad file), then atomically renamed: no half-written file is ever
-    left under the final name. Raises ``DatasetNotFoundError`` listing every mirror's error.
+    The file is written to a temporary file (in ``target_dir`` if it exists, else in its
+    nearest existing parent, e.g. the data dir), checked with ``check(tmp)`` (which raises on
+    a bad file), then moved there and atomically renamed: no half-written file is ever left
+    under the final name. ``target_dir`` is created (with its parents, for the default data
+    directory) only once a file has passed its check. Raises ``DatasetNotFoundError`` listing
+    every mirror's error.
     """
-    target_dir.mkdir(parents=True, exist_ok=True)
     final = target_dir / filename
     errors: list[str] = []
     for mirror in mirrors:
         url = mirror.rstrip("/") + "/" + filename
         # the temporary name keeps the final suffix, so checks know whether to decompress
-        fd, tmp_name = tempfile.mkstemp(dir=target_dir, prefix=".part-", suffix=f"-{filename}")
+        where = next(d for d in (target_dir, *target_dir.parents) if d.is_dir())
+        fd, tmp_name = tempfile.mkstemp(dir=where, prefix=".part-", suffix=f"-{filename}")
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out, urlopen(url, timeout=TIMEOUT) as response:  # type: ignore[attr-defined]
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
             check(tmp)
+            if where != target_dir:
+                target_dir.mkdir(parents=True, exist_ok=True)
+                moved = target_dir / tmp.name
+                shutil.move(tmp, moved)  # a rename (a copy across file systems)
+                tmp = moved
             os.replace(tmp, final)
             return final
         except (OSError, DatasetError, ValueError) as e:

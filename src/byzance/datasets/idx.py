@@ -18,6 +18,7 @@ import torch
 from byzance.datasets.download import (
     SYSTEM_DIRS,
     candidate_dirs,
+    check_data_dir,
     digest,
     download,
     open_content,
@@ -84,6 +85,11 @@ class IdxFile:
     #: MD5 of the original ``.gz`` as served by the mirrors (checked on download)
     archive_md5: str | None
 
+    @property
+    def nbytes(self) -> int:
+        """Size of the decompressed file: the header, then one byte per (uint8) element."""
+        return 4 + 4 * len(self.shape) + int(np.prod(self.shape, dtype=np.int64))
+
 
 @dataclass(frozen=True)
 class IdxDataset:
@@ -109,14 +115,20 @@ def _mnist_files(
     return files  # type: ignore[return-value]
 
 
-#: MNIST: no published hash of the decompressed files, so local copies get structural
-#: checks (magic, shapes, label range); downloads are checked against the MD5 of the
-#: original ``.gz`` files (the values torchvision and others publish).
+#: MNIST: downloads are checked against the MD5 of the original ``.gz`` files (the values
+#: torchvision and others publish); local copies against the SHA-256 of the decompressed
+#: content of those verified files (none is published; without it a damaged pixel, or
+#: Fashion-MNIST files in the MNIST folder, would pass the structural checks).
 #: Normalisation: mean 0.1307, std 0.3081 of the training pixels in [0, 1].
 MNIST = IdxDataset(
     name="mnist",
     files=_mnist_files(
-        (None, None, None, None),
+        (
+            "sha256:ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "sha256:65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "sha256:0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "sha256:ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        ),
         (
             "f68b3c2dcbeaaa9fbdd348bbdeb94873",
             "d53e105ee54ea40749a09fcbcd1e9432",
@@ -164,7 +176,7 @@ def _existing(directory: Path, base: str) -> Path | None:
 
 
 def _checked_array(path: Path, spec: IdxFile, num_classes: int, stamp: bool = True) -> np.ndarray:
-    content = open_content(path)
+    content = open_content(path, limit=spec.nbytes)
     if stamp:
         verify_content(path, content, spec.content)
     elif spec.content is not None:
@@ -201,12 +213,32 @@ def _download_check(spec: IdxFile, num_classes: int):  # noqa: ANN202
     return check
 
 
+def missing_files(info: IdxDataset, dirs: list[Path]) -> tuple[Path | None, list[str]]:
+    """``(folder, missing)``: the candidate folder holding the most of the dataset's files
+    (``None`` if none holds any) and the names of the files missing there (all of them when
+    the folder is ``None``)."""
+    best, best_missing = None, [f.name for f in info.files]
+    for d in dirs:
+        missing = [f.name for f in info.files if _existing(d, f.name) is None]
+        if len(missing) < len(best_missing):
+            best, best_missing = d, missing
+    return best, best_missing
+
+
 def missing_message(
-    name: str, missing: list[str], dirs: list[Path], mirrors: tuple[str, ...]
+    name: str,
+    missing: list[str],
+    dirs: list[Path],
+    mirrors: tuple[str, ...],
+    folder: Path | None = None,
 ) -> str:
-    """The error text for missing files: what, where it was looked for, how to get it."""
+    """The error text for missing files: what (and in which ``folder`` the others are),
+    where it was looked for, how to get it."""
+    what = f"missing file(s) {', '.join(missing)} (.gz or uncompressed)"
+    if folder is not None:
+        what = f"{what} in {folder}, which holds the other file(s)"
     lines = [
-        f"{name}: missing file(s) {', '.join(missing)} (.gz or uncompressed).",
+        f"{name}: {what}.",
         "Looked in:",
         *(f"  {d}" for d in dirs),
         "To get them:",
@@ -233,13 +265,19 @@ def load_idx_dataset(
     info: IdxDataset, data_dir: str | os.PathLike[str] | None, download_missing: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Load ``(x_train, y_train, x_test, y_test)``: images normalised to (N, 1, 28, 28)."""
+    check_data_dir(data_dir)
     paths = find_idx_files(info, data_dir)
     if paths is None:
         dirs = candidate_dirs(info.name, data_dir)
-        target = resolve_root(data_dir) / info.name
-        missing = [f.name for f in info.files if _existing(target, f.name) is None]
+        root = resolve_root(data_dir)
+        folder, missing = missing_files(info, dirs)
+        # the missing files go next to the others when those are in the data dir, else to
+        # <data dir>/<name>/
+        target = folder if folder in (root / info.name, root) else root / info.name
         if not download_missing:
-            raise DatasetNotFoundError(missing_message(info.name, missing, dirs, info.mirrors))
+            raise DatasetNotFoundError(
+                missing_message(info.name, missing, dirs, info.mirrors, folder)
+            )
         for spec in info.files:
             if _existing(target, spec.name) is None:
                 try:
@@ -251,7 +289,7 @@ def load_idx_dataset(
                     )
                 except DatasetNotFoundError as e:
                     raise DatasetNotFoundError(
-                        f"{e}\n" + missing_message(info.name, missing, dirs, info.mirrors)
+                        f"{e}\n" + missing_message(info.name, missing, dirs, info.mirrors, folder)
                     ) from e
         paths = [_existing(target, f.name) for f in info.files]  # type: ignore[misc]
     arrays = [

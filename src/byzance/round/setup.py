@@ -49,7 +49,7 @@ class Setup:
 
         if isinstance(config, dict):
             config = ExperimentConfig.from_dict(config)
-        config.validate(custom_model=model is not None)
+        config.validate(custom_model=model is not None, custom_dataset=dataset is not None)
         self.config = cfg = config
         self.device = torch.device(cfg.device)
         self.h, self.f = cfg.n_honest, cfg.f
@@ -73,6 +73,8 @@ class Setup:
 
     # ------------------------------------------------------------------ set-up
     def _load_data(self, dataset: Any) -> None:
+        from byzance.sim.config import validation_size
+
         cfg = self.config
         if dataset is None:
             from byzance.datasets import load_dataset
@@ -86,7 +88,7 @@ class Setup:
         if cfg.val_fraction > 0:
             gen = torch.Generator().manual_seed(cfg.seed)
             perm = torch.randperm(x.shape[0], generator=gen)
-            n_val = max(1, int(round(cfg.val_fraction * x.shape[0])))
+            n_val = validation_size(cfg.val_fraction, x.shape[0])
             if n_val >= x.shape[0]:
                 raise ValueError(
                     f"ExperimentConfig.val_fraction: {cfg.val_fraction} leaves no training data"
