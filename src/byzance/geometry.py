@@ -72,11 +72,19 @@ def centred_gram(x: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
     step = max(1, min(d, BLOCK // max(n, 1)))
     buf = torch.empty(n, step, dtype=x.dtype, device=x.device)
     g = torch.zeros(n, n, dtype=torch.float64, device=x.device)
+    grad = x.requires_grad or origin.requires_grad  # autograd: no out= (differentiable)
     for start in range(0, d, step):  # over column blocks only, never over rows or pairs
         stop = min(d, start + step)
-        xb = buf[:, : stop - start]
-        torch.sub(x[:, start:stop], origin[start:stop], out=xb)
-        g += torch.mm(xb, xb.T).double()
+        if grad:
+            xb = x[:, start:stop] - origin[start:stop]
+        else:
+            xb = buf[:, : stop - start]
+            torch.sub(x[:, start:stop], origin[start:stop], out=xb)
+        prod = torch.mm(xb, xb.T).double()
+        if grad:
+            g = g + prod
+        else:
+            g += prod
     return g
 
 
@@ -93,7 +101,7 @@ def _cancellation_risk(g: torch.Tensor, bad: torch.Tensor, eps: float) -> bool:
     good = ~bad
     if int(good.sum()) < 2:
         return False
-    gg = g[good][:, good]
+    gg = g.detach()[good][:, good]
     diag = torch.diagonal(gg)
     iu = torch.triu_indices(gg.shape[0], gg.shape[0], 1, device=g.device)
     d2 = (diag[:, None] + diag[None, :] - 2 * gg)[iu[0], iu[1]]

@@ -45,8 +45,8 @@ from typing import Any
 
 __all__ = [
     "ParameterError", "ParameterTypeError", "Constraint", "Integer", "Real", "Boolean",
-    "String", "OneOf", "OptionalOf", "Mapping", "check_param", "check_params",
-    "validate_dataclass",
+    "String", "OneOf", "OptionalOf", "AnyOf", "Mapping", "Vector", "check_param",
+    "check_params", "param_error", "validate_dataclass",
 ]  # fmt: skip
 
 
@@ -91,9 +91,7 @@ class Constraint:
         try:
             return self._check(value)
         except _Invalid as bad:
-            cls = ParameterTypeError if bad.wrong_type else ParameterError
-            prefix = f"{where}: " if where else ""
-            raise cls(f"{prefix}expected {self.describe()}, got {_show(value)}") from None
+            raise param_error(where, self.describe(), value, wrong_type=bad.wrong_type) from None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}: {self.describe()}>"
@@ -130,19 +128,22 @@ class _Range(Constraint):
 
 
 class Integer(_Range):
-    """An int (bools rejected; integral floats such as ``3.0`` coerced to ``3``) in
-    ``[low, high]`` (either bound None: unbounded)."""
+    """An int (bools rejected; integral floats such as ``3.0`` coerced to ``3``, unless
+    ``floats=False``) in ``[low, high]`` (either bound None: unbounded)."""
 
     kind = "an int"
 
-    def __init__(self, low: int | None = None, high: int | None = None) -> None:
+    def __init__(
+        self, low: int | None = None, high: int | None = None, *, floats: bool = True
+    ) -> None:
         super().__init__(low, high)
+        self.floats = floats
 
     def _check(self, value: Any) -> int:
         if type(value) is not int:
             if isinstance(value, bool) or not isinstance(value, (numbers.Integral, float)):
                 raise _Invalid(wrong_type=True)
-            if isinstance(value, float) and not value.is_integer():
+            if isinstance(value, float) and (not self.floats or not value.is_integer()):
                 raise _Invalid(wrong_type=True)
             value = int(value)
         return self._in_range(value)
@@ -247,6 +248,52 @@ class OptionalOf(Constraint):
         return None if value is None else self.constraint._check(value)
 
 
+class AnyOf(Constraint):
+    """A value accepted by one of ``constraints``, tried in order (the first that accepts it
+    coerces it); e.g. ``AnyOf(Integer(low=0, floats=False), Real(0, 1))``: a count or a
+    fraction."""
+
+    def __init__(self, *constraints: Constraint) -> None:
+        if not constraints:
+            raise ValueError("AnyOf: give at least one constraint")
+        self.constraints = constraints
+
+    def describe(self) -> str:
+        return " or ".join(c.describe() for c in self.constraints)
+
+    def _check(self, value: Any) -> Any:
+        wrong_type = True
+        for constraint in self.constraints:
+            try:
+                return constraint._check(value)
+            except _Invalid as bad:
+                wrong_type = wrong_type and bad.wrong_type
+        raise _Invalid(wrong_type=wrong_type)
+
+
+class Vector(Constraint):
+    """A 1-D vector of finite real numbers (a torch tensor, numpy array or sequence of
+    numbers; bool and complex values rejected), returned unchanged."""
+
+    def describe(self) -> str:
+        return "a 1-D vector of finite floats"
+
+    def _check(self, value: Any) -> Any:
+        import torch  # here: the module itself needs no torch
+
+        if isinstance(value, (str, bytes, bool, numbers.Number)) or value is None:
+            raise _Invalid(wrong_type=True)
+        try:
+            t = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise _Invalid(wrong_type=True) from None
+        if t.dtype == torch.bool or t.is_complex():
+            raise _Invalid(wrong_type=True)
+        if t.dim() != 1 or t.numel() == 0 or not bool(torch.isfinite(t).all()):
+            raise _Invalid
+        return value
+
+
 class Mapping(Constraint):
     """A dict with str keys (any ``Mapping`` is copied into one); ``values``: the constraint
     on each value (None: any value, i.e. a dict of keyword parameters)."""
@@ -267,6 +314,17 @@ class Mapping(Constraint):
         if self.values is None:
             return value if isinstance(value, dict) else dict(value)
         return {k: self.values._check(v) for k, v in value.items()}
+
+
+def param_error(
+    where: str, expected: str, value: Any, *, wrong_type: bool = False
+) -> ParameterError:
+    """The error for a value no ``Constraint`` describes (e.g. "a linear attack or its
+    name"), in the same format: ``"{where}: expected {expected}, got {value!r}"``; ``where``
+    is ``"Owner.name"``. A ``ParameterTypeError`` if ``wrong_type``."""
+    cls = ParameterTypeError if wrong_type else ParameterError
+    prefix = f"{where}: " if where else ""
+    return cls(f"{prefix}expected {expected}, got {_show(value)}")
 
 
 def _owner_name(owner: Any) -> str:

@@ -21,11 +21,14 @@ from byzance.kernels.gram import BLOCK
 from byzance.kernels.nearest import NUMPY_DTYPES, nearest_kernel
 
 INF = float("inf")
+NAN = float("nan")
 
 
 def sq_distances_to(x: torch.Tensor, r: int) -> torch.Tensor:
     """Squared distances (n,) float64 from every row to row ``r``, computed directly (no
-    cancellation) over column blocks; NaN and overflow become ``+inf``."""
+    cancellation) over column blocks; NaN and overflow become ``+inf``. For ranking only:
+    computed on ``x`` detached from autograd."""
+    x = x.detach()
     n, d = x.shape
     step = max(1, min(d, BLOCK // max(n, 1)))
     buf = torch.empty(n, step, dtype=x.dtype, device=x.device)
@@ -92,10 +95,39 @@ def krum_scores(d2: torch.Tensor, k: int, active: torch.Tensor | None = None) ->
     return scores
 
 
-def argmin_active(scores: torch.Tensor, active: torch.Tensor) -> int:
-    """Index of the smallest score among active rows (ties: smallest index)."""
-    idx = torch.nonzero(active).flatten()
-    return int(idx[torch.argmin(scores[idx])])
+def krum_ranking(
+    d2: torch.Tensor,
+    scores: torch.Tensor,
+    k: int,
+    count: int,
+    active: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Indices of the ``count`` best rows by Krum score (``scores`` from ``krum_scores(d2,
+    k, active)``), best first, inactive rows after all active ones.
+
+    Exact ties of finite scores are broken by the distances to the following neighbours (the
+    (k+1)-th nearest active row, then the (k+2)-th, ...), then by index: with one neighbour
+    (k = 1) the two rows of the closest pair always tie, and the order of the inputs must not
+    decide between them. Without a tie among the first ``count + 1`` this is a stable sort of
+    the scores (what it always was).
+    """
+    n = d2.shape[0]
+    key = scores if active is None else torch.where(active, scores, torch.full_like(scores, NAN))
+    order = torch.sort(key, stable=True).indices
+    head = key[order[: count + 1]]
+    if not bool(((head[1:] == head[:-1]) & torch.isfinite(head[1:])).any()):
+        return order[:count]
+    m = d2.clone()
+    m.fill_diagonal_(INF)
+    if active is not None:
+        m[:, ~active] = INF
+    following = torch.sort(m, dim=1).values[:, max(k, 0) :]
+    columns = [following[:, j] for j in range(following.shape[1] - 1, -1, -1)]
+    inactive = torch.zeros(n, dtype=torch.bool) if active is None else ~active
+    keys = [c.detach().cpu().double().numpy() for c in (*columns, scores)]
+    keys.append(inactive.cpu().numpy())
+    ranked = np.lexsort(keys)  # the last key first; stable, so ties end by index
+    return torch.from_numpy(ranked[:count].copy()).to(d2.device)
 
 
 def lowest(scores: torch.Tensor, m: int) -> torch.Tensor:

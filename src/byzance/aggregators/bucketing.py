@@ -8,7 +8,11 @@ from typing import Any
 import torch
 
 from byzance.aggregators._distances import ExactGram
-from byzance.aggregators.base import PreAggregator, require
+from byzance.aggregators.base import PreAggregator
+from byzance.validation import Integer, check_param
+
+#: the seeds a ``torch.Generator`` accepts
+SEED = Integer(low=0, high=2**64 - 1)
 
 
 class Bucketing(PreAggregator):
@@ -29,8 +33,8 @@ class Bucketing(PreAggregator):
     name = "bucketing"
 
     def __init__(self, s: int = 2, seed: int = 0) -> None:
-        require("Bucketing", isinstance(s, int) and s >= 1, "an integer s >= 1", s=s)
-        self.s, self.seed = s, int(seed)
+        self.s = check_param(self, "s", s, Integer(low=1))
+        self.seed = check_param(self, "seed", seed, SEED)
         self.reset()
 
     def reset(self) -> None:

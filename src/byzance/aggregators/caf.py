@@ -24,23 +24,25 @@ def caf_weights(g: torch.Tensor, bad: torch.Tensor, f: int) -> torch.Tensor:
     n = g.shape[0]
     c = (~bad).double()
     best_val, best_w = math.inf, c / c.sum().clamp_min(1)
-    while float(c.sum()) > n - 2 * f:
+    while float(c.detach().sum()) > n - 2 * f:
         w = c / c.sum()
         gw = g @ w
         k = g - gw[:, None] - gw[None, :] + w @ gw
-        s = w.sqrt()
+        pos = w > 0  # sqrt(0) = 0 without its infinite derivative (autograd)
+        s = torch.where(pos, torch.where(pos, w, torch.ones_like(w)).sqrt(), torch.zeros_like(w))
         vals, vecs = torch.linalg.eigh(s[:, None] * k * s[None, :])
-        lam, u = float(vals[-1]), vecs[:, -1]
+        top, u = vals[-1], vecs[:, -1]  # tensors: the weights stay differentiable
+        lam = float(top.detach())
         if lam < best_val:
             best_val, best_w = lam, w
         if lam <= 0:
             break
-        tau = (k @ (s * u)).pow(2) / lam
-        tau_max = float(tau[c > 0].max())
-        if tau_max <= 0:
+        tau = (k @ (s * u)).pow(2) / top
+        largest = tau[c > 0].max()
+        if float(largest.detach()) <= 0:
             break
-        c = (c * (1 - tau / tau_max)).clamp_min(0)
-        c = torch.where(tau >= tau_max, torch.zeros_like(c), c)  # the argmax drops out exactly
+        c = (c * (1 - tau / largest)).clamp_min(0)
+        c = torch.where(tau >= largest, torch.zeros_like(c), c)  # the argmax drops out exactly
     return best_w
 
 
@@ -63,7 +65,10 @@ class CAF(Aggregator):
     so there are at most n steps. The top eigenpair is computed exactly by
     ``torch.linalg.eigh`` on an n x n weighted centred Gram matrix (the paper uses the power
     method on the d x d covariance; same quantity): O(n^2 d) for one Gram matrix plus O(n^3)
-    per step. Inputs with a non-finite entry start with weight 0. Requires :math:`n > 2f`.
+    per step. Inputs with a non-finite entry start with weight 0. Inputs whose squared norm
+    overflows the dtype (e.g. float16 entries of a few units in large d) are not outliers for
+    that: the Gram matrix is then computed in float64 on the inputs scaled by a power of two
+    (the weights do not depend on the scale). Requires :math:`n > 2f`.
     """
 
     name = "caf"
@@ -76,10 +81,23 @@ class CAF(Aggregator):
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
         """The (n,) float64 weights of the output mean."""
-        g, bad = gram_matrix(x)
-        return caf_weights(g, bad, self.f)
+        return caf_weights(*_geometry(x, None), self.f)
 
     def aggregate(self, x: torch.Tensor, gram: ExactGram | None = None) -> torch.Tensor:
-        g, bad = gram_matrix(x, gram)
+        g, bad = _geometry(x, gram)
         w = caf_weights(g, bad, self.f)
         return weighted_rows(x, w[None, :], bad)[0]
+
+
+def _geometry(x: torch.Tensor, gram: ExactGram | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``gram_matrix(x, gram)``; rows bad only because their squared norm overflows x's dtype
+    (finite entries) get their geometry in float64 from ``x * 2^-e``, ``2^e`` >= the largest
+    finite entry (exact scaling; the weights are scale invariant)."""
+    g, bad = gram_matrix(x, gram)
+    if gram is None and bool(bad.any()):
+        finite = torch.isfinite(x).all(dim=1)
+        if bool((bad & finite).any()):
+            peak = float(x.detach()[finite].abs().max().double())
+            scaled = x.double() * 2.0 ** -math.frexp(peak)[1]
+            g, bad = gram_matrix(scaled)
+    return g, bad

@@ -8,8 +8,9 @@ import torch
 
 from byzance.aggregators._coordinate import coordinate_median
 from byzance.aggregators._distances import centred_gram
-from byzance.aggregators.base import Aggregator, require
+from byzance.aggregators.base import Aggregator
 from byzance.aggregators.geometric_median import combine, finite_rows
+from byzance.validation import Integer, OptionalOf, Real, Vector, check_param
 
 
 class CenteredClipping(Aggregator):
@@ -29,6 +30,9 @@ class CenteredClipping(Aggregator):
     Non-finite inputs: a vector with a NaN/inf entry contributes 0 (its clipped difference
     ``u * tau / ||u||`` has no finite limit; 0 keeps v unchanged by it); it still counts in the
     1/n. Needs n >= 1, tau > 0, iterations >= 1.
+
+    Autograd: for an input (or ``center``) that requires grad the value is the same and the
+    gradient is that of the iterations written on the vectors (``_direct``), exact.
     """
 
     name = "centered_clipping"
@@ -36,10 +40,9 @@ class CenteredClipping(Aggregator):
     def __init__(
         self, tau: float = 10.0, iterations: int = 1, center: torch.Tensor | None = None
     ) -> None:
-        require("CenteredClipping", tau > 0, "tau > 0", tau=tau)
-        require("CenteredClipping", iterations >= 1, "iterations >= 1", iterations=iterations)
-        self.tau, self.iterations = float(tau), int(iterations)
-        self.center = center
+        self.tau = check_param(self, "tau", tau, Real(low=0, closed="neither"))
+        self.iterations = check_param(self, "iterations", iterations, Integer(low=1))
+        self.center = check_param(self, "center", center, OptionalOf(Vector()))
 
     def init_state(self) -> dict[str, torch.Tensor | None]:
         return {"center": self.center}
@@ -54,6 +57,13 @@ class CenteredClipping(Aggregator):
         return self._from(x, self.center)
 
     def _from(self, x: torch.Tensor, center: torch.Tensor | None) -> torch.Tensor:
+        if torch.is_grad_enabled() and (x.requires_grad or getattr(center, "requires_grad", 0)):
+            # autograd: the value as without it, the gradient of the same iterations written on
+            # the vectors (differentiable; the Gram form's scalars leave the graph)
+            plain = None if center is None else torch.as_tensor(center).detach()
+            value = self._from(x.detach(), plain)
+            direct = self._direct(x, center)
+            return value + (direct - direct.detach())
         n, d = x.shape
         if center is not None:
             v0 = torch.as_tensor(center).to(device=x.device, dtype=x.dtype)
@@ -71,6 +81,23 @@ class CenteredClipping(Aggregator):
         c = clip_iterations(gk, n, self.tau, self.iterations)
         # v = v0 + sum_i c_i (x_i - v0)
         return v0 * (1 - float(c.sum())) + combine(x, c, keep) if bool(keep.any()) else v0
+
+    def _direct(self, x: torch.Tensor, center: Any) -> torch.Tensor:
+        """The iterations on the vectors themselves (O(iterations n d), for autograd): the
+        finite rows are clipped around v, every row counts in the 1/n."""
+        n = x.shape[0]
+        if center is None:
+            v = coordinate_median(x)
+        else:
+            v = torch.as_tensor(center).to(device=x.device, dtype=x.dtype)
+        keep = torch.isfinite(x).all(dim=1)
+        rows = x if bool(keep.all()) else x[keep]
+        for _ in range(self.iterations):
+            u = rows - v
+            norm = torch.linalg.vector_norm(u, dim=1)
+            scale = self.tau / norm.clamp_min(self.tau)  # min(1, tau / norm), 0-safe
+            v = v + (u * scale[:, None]).sum(dim=0) / n
+        return v
 
 
 def clip_iterations(g: torch.Tensor, n: int, tau: float, iterations: int) -> torch.Tensor:

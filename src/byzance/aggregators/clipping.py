@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from byzance.aggregators._distances import ExactGram
-from byzance.aggregators.base import PreAggregator, require
+from byzance.aggregators.base import PreAggregator
+from byzance.validation import Real, check_param
 
 
 class Clipping(PreAggregator):
@@ -21,8 +22,7 @@ class Clipping(PreAggregator):
     name = "clipping"
 
     def __init__(self, c: float = 1.0) -> None:
-        require("Clipping", c > 0, "c > 0", c=c)
-        self.c = float(c)
+        self.c = check_param(self, "c", c, Real(low=0, closed="neither"))
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         return self.transform_with_gram(x, None)[0]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from byzance.aggregators.base import Aggregator, check_f, require
 from byzance.geometry import ExactGram, centre_index, centred_gram
+from byzance.validation import Integer, Real, check_param
 
 
 def finite_rows(g: torch.Tensor) -> torch.Tensor:
@@ -47,6 +50,10 @@ class GeometricMedian(Aggregator):
 
     ``gram`` (an ``ExactGram`` of the inputs): ``v0`` and the Gram matrix come from it (the
     norms and inner products of the real vectors) and only the final combination reads ``x``.
+
+    Autograd: for an input that requires grad, the output's gradient is the exact derivative
+    of the geometric median (implicit function theorem on its optimality condition, see
+    ``median_vjp``), not the derivative of the iterations.
     """
 
     name = "geometric_median"
@@ -55,15 +62,17 @@ class GeometricMedian(Aggregator):
         self, f: int = 0, tol: float = 1e-10, max_iter: int = 1000, eps: float = 1e-12
     ) -> None:
         self.f = check_f("GeometricMedian", f)
-        require("GeometricMedian", tol > 0, "tol > 0", tol=tol)
-        require("GeometricMedian", max_iter >= 1, "max_iter >= 1", max_iter=max_iter)
-        require("GeometricMedian", eps >= 0, "eps >= 0", eps=eps)
-        self.tol, self.max_iter, self.eps = float(tol), int(max_iter), float(eps)
+        self.tol = check_param(self, "tol", tol, Real(low=0, closed="neither"))
+        self.max_iter = check_param(self, "max_iter", max_iter, Integer(low=1))
+        self.eps = check_param(self, "eps", eps, Real(low=0))
 
     def check(self, n: int) -> None:
         require("GeometricMedian", n > 2 * self.f, "n > 2f", n=n, f=self.f)
 
     def aggregate(self, x: torch.Tensor, gram: ExactGram | None = None) -> torch.Tensor:
+        if x.requires_grad and torch.is_grad_enabled():
+            z = self.aggregate(x.detach(), gram)
+            return _ImplicitMedian.apply(x, z, max(self.eps, 1e-12))
         if gram is None:
             v0 = x[centre_index(x)]  # a finite input of median norm: start and Gram origin
             if not bool(torch.isfinite(v0).all()):
@@ -76,6 +85,55 @@ class GeometricMedian(Aggregator):
             return torch.full_like(x[0], float("nan"))
         a = weiszfeld(g[keep][:, keep].cpu(), self.tol, self.max_iter, self.eps)
         return v0 * (1 - float(a.sum())) + combine(x, a, keep)  # v0 + sum_i a_i (x_i - v0)
+
+
+class _ImplicitMedian(torch.autograd.Function):
+    """``z`` (the geometric median of the rows of ``x``, computed without autograd) as a
+    differentiable function of ``x``: backward is ``median_vjp``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
+        ctx.save_for_backward(x, z)
+        ctx.eps = eps
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        x, z = ctx.saved_tensors
+        return median_vjp(x, z, grad, ctx.eps), None, None
+
+
+def median_vjp(x: torch.Tensor, z: torch.Tensor, g: torch.Tensor, eps: float) -> torch.Tensor:
+    """``g^T dz/dx_j`` for every row j: the gradient through the geometric median ``z``.
+
+    z solves ``F(z, x) = sum_i (z - x_i) / r_i = 0`` (``r_i = ||z - x_i||``), so by the implicit
+    function theorem ``dz/dx_j = H^{-1} P_j / r_j`` with ``P_j = I - v_j v_j^T`` (``v_j`` the unit
+    vector of ``x_j - z``) and ``H = sum_i P_i / r_i = s I - V^T diag(1/r) V`` (``s = sum 1/r_i``).
+    H is d x d; the Woodbury identity gives ``H^{-1} g = g / s + V^T M^{-1} V g / s^2`` with the
+    n x n matrix ``M = diag(r) - V V^T / s`` (pseudo-inverse where singular: collinear inputs,
+    where the median is not a smooth function of them). The gradients sum to ``g``
+    (translation equivariance). If z is at an input (``r_j <= eps max r``), z = x_j locally:
+    that row gets ``g`` (shared between coinciding rows). Rows with a non-finite entry get 0.
+    """
+    out = torch.zeros_like(x)
+    keep = torch.isfinite(x).all(dim=1)
+    if not bool(keep.any()) or not bool(torch.isfinite(z).all()):
+        return out
+    g64 = g.double()
+    y = x.detach()[keep].double() - z.double()
+    r = torch.linalg.vector_norm(y, dim=1)
+    at = r <= eps * float(r.max())
+    if bool(at.any()):
+        rows = g64[None, :] / int(at.sum())
+        grads = torch.where(at[:, None], rows, torch.zeros_like(y))
+    else:
+        v = y / r[:, None]
+        s = (1.0 / r).sum()
+        m = torch.diag(r) - (v @ v.T) / s
+        q = g64 / s + v.T @ (torch.linalg.pinv(m, hermitian=True) @ (v @ g64)) / s**2
+        grads = (q[None, :] - v * (v @ q)[:, None]) / r[:, None]
+    out[keep] = grads.to(x.dtype)
+    return out
 
 
 def _from_exact(x: torch.Tensor, gram: ExactGram) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,12 +6,13 @@ import torch
 
 from byzance.aggregators._distances import (
     ExactGram,
+    krum_ranking,
     krum_scores,
-    lowest,
     mean_rows,
     sq_distances,
 )
 from byzance.aggregators.base import Aggregator, check_f, require
+from byzance.validation import Integer, OptionalOf, check_param
 
 
 class Krum(Aggregator):
@@ -24,9 +25,11 @@ class Krum(Aggregator):
     .. math:: \mathrm{score}(i) = \sum_{j \in N_i} \|x_i - x_j\|^2, \qquad
               \mathrm{Krum}(x_1..x_n) = x_{i^*}, \ i^* = \arg\min_i \mathrm{score}(i)
 
-    (ties: smallest index). Requires :math:`n \ge 2f + 3`. Inputs with a non-finite entry are
-    at distance :math:`+\infty` from everything and are never selected. ``gram``: an exact
-    geometry of the inputs to take the distances from (``ExactGram``).
+    (exact ties: the smaller distance to the next nearest inputs, then the smallest index;
+    see ``_distances.krum_ranking``). Requires :math:`n \ge 2f + 3`, so there is at least one
+    neighbour. Inputs with a non-finite entry are at distance :math:`+\infty` from everything
+    and are never selected. ``gram``: an exact geometry of the inputs to take the distances
+    from (``ExactGram``).
     """
 
     name = "krum"
@@ -43,7 +46,9 @@ class Krum(Aggregator):
         return krum_scores(d2, x.shape[0] - self.f - 2)
 
     def aggregate(self, x: torch.Tensor, gram: ExactGram | None = None) -> torch.Tensor:
-        i = int(torch.argmin(self.scores(x, gram)))
+        d2, _ = sq_distances(x, gram)
+        k = x.shape[0] - self.f - 2
+        i = int(krum_ranking(d2, krum_scores(d2, k), k, 1)[0])
         return x[i].clone()
 
 
@@ -52,7 +57,7 @@ class MultiKrum(Aggregator):
 
     Blanchard et al., NeurIPS 2017 (Section 5), with the Krum score of :class:`Krum`
     (:math:`n - f - 2` nearest others). :math:`m` defaults to :math:`n - f`; ties in the
-    ranking are broken by smallest index. Requires :math:`n \ge 2f + 3` and
+    ranking are broken as Krum's. Requires :math:`n \ge 2f + 3` and
     :math:`1 \le m \le n`. ``m=1`` is Krum.
     """
 
@@ -60,12 +65,7 @@ class MultiKrum(Aggregator):
 
     def __init__(self, f: int = 0, m: int | None = None) -> None:
         self.f = check_f("MultiKrum", f)
-        if m is not None:
-            if isinstance(m, bool) or not isinstance(m, int):
-                raise TypeError(f"MultiKrum: m must be an int or None, got {type(m).__name__}")
-            if m < 1:
-                raise ValueError(f"MultiKrum requires m >= 1, got m={m}")
-        self.m = m
+        self.m = check_param(self, "m", m, OptionalOf(Integer(low=1)))
 
     def _m(self, n: int) -> int:
         return n - self.f if self.m is None else self.m
@@ -77,6 +77,6 @@ class MultiKrum(Aggregator):
     def aggregate(self, x: torch.Tensor, gram: ExactGram | None = None) -> torch.Tensor:
         n = x.shape[0]
         d2, bad = sq_distances(x, gram)
-        scores = krum_scores(d2, n - self.f - 2)
-        chosen = lowest(scores, self._m(n))
+        k = n - self.f - 2
+        chosen = torch.sort(krum_ranking(d2, krum_scores(d2, k), k, self._m(n))).values
         return mean_rows(x, chosen[None, :], bad)[0]

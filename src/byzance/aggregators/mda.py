@@ -43,15 +43,21 @@ def _has_cover(adj: list[int], verts: int, budget: int) -> bool:
 
 
 def min_diameter_subset(d2: torch.Tensor, f: int) -> list[int]:
-    """Exact minimiser of the diameter over subsets of size n - f (ties: lexicographically
-    smallest sorted index list), from the (n, n) squared-distance matrix ``d2``.
+    """Exact minimiser of the diameter over subsets of size n - f, from the (n, n)
+    squared-distance matrix ``d2`` (sorted indices).
+
+    Ties (several subsets of the minimal diameter, e.g. two subsets sharing the pair that
+    spans it): the first in the lexicographic order of the inputs ranked by centrality, i.e.
+    by the sum of their squared distances to all others (then by index), so that the choice
+    does not depend on the order of the inputs (except between identical inputs).
 
     A subset of diameter <= t is a clique of the graph {d2 <= t}, i.e. the complement of a
     vertex cover of the *conflict graph* {d2 > t}. The smallest t among the pairwise values for
     which a cover of size <= f exists is found by bisection, each test by a bounded search tree
-    of at most 2^f leaves; the lexicographically smallest optimal subset is then built greedily
-    (keep vertex i whenever a completion stays feasible). Cost O(n^2 log n + 2^f n^2) in the
-    worst case, far below the C(n, f) subsets of plain enumeration.
+    of at most 2^f leaves; the optimal subset is then built greedily (visit the inputs in the
+    order of centrality, keep one whenever a completion stays feasible). Cost
+    O(n^2 log n + 2^f n^2) in the worst case, far below the C(n, f) subsets of plain
+    enumeration.
     """
     n = d2.shape[0]
     size = n - f
@@ -75,7 +81,8 @@ def min_diameter_subset(d2: torch.Tensor, f: int) -> list[int]:
     kept: list[int] = []
     kept_mask = excluded = 0
     undecided = everyone
-    for i in range(n):
+    centrality = np.where(off_diag, dist, 0.0).sum(axis=1)
+    for i in np.argsort(centrality, kind="stable").tolist():
         bit = 1 << i
         undecided &= ~bit
         if excluded & bit:
@@ -91,7 +98,7 @@ def min_diameter_subset(d2: torch.Tensor, f: int) -> list[int]:
                 undecided = rest
                 continue
         excluded |= bit
-    return kept
+    return sorted(kept)
 
 
 class MDA(Aggregator):
@@ -105,9 +112,10 @@ class MDA(Aggregator):
               \qquad \mathrm{MDA}(x_1..x_n) = \frac{1}{n - f} \sum_{i \in S^*} x_i
 
     Exact (see ``min_diameter_subset``: bisection over the pairwise distances plus a vertex
-    cover search of depth <= f, not an enumeration of the C(n, f) subsets); ties: the
-    lexicographically smallest S. Requires :math:`n > 2f`. Non-finite inputs are at distance
-    :math:`+\infty` from everything, so they are excluded while f suffice to exclude them.
+    cover search of depth <= f, not an enumeration of the C(n, f) subsets); ties: see
+    ``min_diameter_subset`` (independent of the order of the inputs). Requires
+    :math:`n > 2f`. Non-finite inputs are at distance :math:`+\infty` from everything, so
+    they are excluded while f suffice to exclude them.
     """
 
     name = "mda"

@@ -12,6 +12,7 @@ from byzance.aggregators._distances import (
     weighted_rows,
 )
 from byzance.aggregators.base import Aggregator, check_f, require
+from byzance.validation import Integer, check_param
 
 
 class MoNNA(Aggregator):
@@ -36,11 +37,7 @@ class MoNNA(Aggregator):
 
     def __init__(self, f: int = 0, reference: int = 0) -> None:
         self.f = check_f("MoNNA", f)
-        if isinstance(reference, bool) or not isinstance(reference, int):
-            raise TypeError(f"MoNNA: reference must be an int, got {type(reference).__name__}")
-        if reference < 0:
-            raise ValueError(f"MoNNA requires reference >= 0, got reference={reference}")
-        self.reference = reference
+        self.reference = check_param(self, "reference", reference, Integer(low=0))
 
     def check(self, n: int) -> None:
         require("MoNNA", n > 2 * self.f, "n > 2f", n=n, f=self.f)

@@ -10,6 +10,7 @@ import torch
 from byzance.aggregators._distances import ExactGram, mean_rows
 from byzance.aggregators._distances import gram as gram_matrix
 from byzance.aggregators.base import Aggregator, check_f, require
+from byzance.validation import Integer, check_param
 
 #: default bound on C(n, f), the number of subsets SMEA enumerates
 MAX_SUBSETS = 100_000
@@ -39,9 +40,7 @@ class SMEA(Aggregator):
 
     def __init__(self, f: int = 0, max_subsets: int = MAX_SUBSETS) -> None:
         self.f = check_f("SMEA", f)
-        if isinstance(max_subsets, bool) or not isinstance(max_subsets, int) or max_subsets < 1:
-            raise ValueError(f"SMEA requires max_subsets >= 1, got max_subsets={max_subsets!r}")
-        self.max_subsets = max_subsets
+        self.max_subsets = check_param(self, "max_subsets", max_subsets, Integer(low=1))
 
     def check(self, n: int) -> None:
         require("SMEA", n > 2 * self.f, "n > 2f", n=n, f=self.f)
@@ -81,5 +80,5 @@ class SMEA(Aggregator):
 
     def aggregate(self, x: torch.Tensor, gram: ExactGram | None = None) -> torch.Tensor:
         g, bad = gram_matrix(x, gram)
-        idx = torch.tensor(self._best(g, bad), device=x.device)[None, :]
+        idx = torch.tensor(self._best(g.detach(), bad), device=x.device)[None, :]
         return mean_rows(x, idx, bad)[0]

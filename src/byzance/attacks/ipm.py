@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from byzance.attacks.base import LinearAttack, check_real
+from byzance.attacks.base import LinearAttack, check_real, honest_mean
 
 
 class InnerProductManipulation(LinearAttack):
@@ -23,7 +23,7 @@ class InnerProductManipulation(LinearAttack):
         self.epsilon = check_real(type(self).__name__, "epsilon", epsilon, low=0.0, strict=True)
 
     def line(self, honest: torch.Tensor, f: int) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = honest.mean(dim=0)
+        mean = honest_mean(honest)
         return torch.zeros_like(mean), -mean
 
     def default_scale(self, n: int, f: int) -> float:

@@ -6,9 +6,12 @@ from typing import Any
 
 import torch
 
-from byzance.attacks.base import DataAttack, check_int, check_real
+from byzance.attacks.base import SEED, DataAttack
+from byzance.validation import AnyOf, Integer, OneOf, Real, check_param
 
 _MODES = ("reverse", "permutation")
+#: a count of labels, or a fraction of the batch
+_BUDGET = AnyOf(Integer(low=0, floats=False), Real(low=0, high=1))
 
 
 class LabelFlipping(DataAttack):
@@ -24,10 +27,8 @@ class LabelFlipping(DataAttack):
     name = "label_flipping"
 
     def __init__(self, mode: str = "reverse", seed: int = 0) -> None:
-        if mode not in _MODES:
-            raise ValueError(f"LabelFlipping: mode must be one of {_MODES}, got mode={mode!r}")
-        self.mode = mode
-        self.seed = check_int(type(self).__name__, "seed", seed, low=0)
+        self.mode = check_param(self, "mode", mode, OneOf(*_MODES))
+        self.seed = check_param(self, "seed", seed, SEED)
         self._maps: dict[int, torch.Tensor] = {}
 
     def mapping(self, num_classes: int) -> torch.Tensor:
@@ -96,17 +97,7 @@ class BudgetedLabelFlipping(DataAttack):
     name = "budgeted_label_flipping"
 
     def __init__(self, budget: int | float = 0.1) -> None:
-        who = type(self).__name__
-        if isinstance(budget, int) and not isinstance(budget, bool):
-            self.budget: int | float = check_int(who, "budget", budget, low=0)
-        else:
-            budget = check_real(who, "budget", budget, low=0.0)
-            if budget > 1.0:
-                raise ValueError(
-                    f"{who} requires a fractional budget in [0, 1] (or an int count), "
-                    f"got budget={budget}"
-                )
-            self.budget = budget
+        self.budget: int | float = check_param(self, "budget", budget, _BUDGET)
 
     def count(self, batch_size: int) -> int:
         """The number of labels that may be flipped in a batch of ``batch_size``."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from byzance.attacks.base import Attack, check_int
@@ -38,6 +40,21 @@ class Mimic(Attack):
         self._scores: torch.Tensor | None = None
         self._round = 0
         self._target: int | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "z": None if self._z is None else self._z.clone(),
+            "scores": None if self._scores is None else self._scores.clone(),
+            "round": self._round,
+            "target": self._target,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        z, scores = state["z"], state["scores"]
+        self._z = None if z is None else z.clone()
+        self._scores = None if scores is None else scores.clone()
+        self._round = int(state["round"])
+        self._target = None if state["target"] is None else int(state["target"])
 
     @property
     def target(self) -> int | None:

@@ -12,7 +12,14 @@ from typing import Any
 import torch
 
 from byzance.attacks.alie import ALittleIsEnough
-from byzance.attacks.base import Attack, LinearAttack, check_int, check_real
+from byzance.attacks.base import (
+    SEED,
+    Attack,
+    LinearAttack,
+    check_int,
+    check_memory,
+    check_real,
+)
 from byzance.attacks.ipm import InnerProductManipulation
 from byzance.attacks.search import (
     CandidateRows,
@@ -23,21 +30,40 @@ from byzance.attacks.search import (
     repeat_point,
 )
 from byzance.geometry import line_gram
+from byzance.validation import Boolean, OptionalOf, Real, check_param, param_error
+
+#: what ``base`` accepts: anchor + scale * direction, the line the search moves along
+_LINEAR = "a linear attack (alie, ipm, sign_flipping, large_norm) or its name"
 
 
 def check_aggregator(who: str, aggregator: Any) -> Any:
     """An aggregator (or chain) exposing ``aggregate(x)`` on an (n, d) tensor."""
     if aggregator is None:
-        raise ValueError(
-            f"{who} is adaptive and needs the deployed aggregator: pass aggregator=..., "
-            "e.g. attacks.create('optimal_alie', aggregator=aggregators.create('krum', f=2))"
+        raise param_error(
+            f"{who}.aggregator",
+            f"the deployed aggregation rule ({who} is adaptive and needs it, e.g. "
+            "attacks.create('optimal_alie', aggregator=aggregators.create('krum', f=2)))",
+            aggregator,
         )
     if not callable(getattr(aggregator, "aggregate", None)):
-        raise TypeError(
-            f"{who}: aggregator must have an aggregate(x) method (a byzance Aggregator), "
-            f"got {type(aggregator).__name__}"
+        raise param_error(
+            f"{who}.aggregator",
+            "an aggregation rule (an object with an aggregate(x) method, e.g. a byzance "
+            "Aggregator or Chain)",
+            aggregator,
+            wrong_type=True,
         )
     return aggregator
+
+
+def adaptive_memory(who: str, honest: torch.Tensor, f: int, k: int) -> None:
+    """Refuse an ``f`` whose aggregator input would not fit in memory: the (h + f, k) input
+    (twice: candidate rows and the rule's copies), the (f, d) output, and the float64
+    (h + f) x (h + f) matrices of a distance-based rule (Gram, distances, sorted: ~4)."""
+    h, d = honest.shape
+    n, item = h + f, honest.element_size()
+    nbytes = item * (2 * n * k + f * d) + 4 * 8 * n * n
+    check_memory(who, f, nbytes, honest.device, f"the aggregator's input of {n} rows")
 
 
 class Optimal(Attack):
@@ -120,26 +146,30 @@ class Optimal(Attack):
         seed: int = 0,
     ) -> None:
         who = type(self).__name__
+        given = base
         if isinstance(base, str):
             from byzance.attacks import create
 
-            base = create(base)
+            try:
+                base = create(base)
+            except (TypeError, ValueError):
+                raise param_error(f"{who}.base", _LINEAR, given) from None
         if not isinstance(base, LinearAttack):
-            raise ValueError(
-                f"{who} requires a base attack of the form anchor + scale * direction "
-                f"(alie, ipm, sign_flipping, large_norm), got {base!r}"
-            )
+            raise param_error(f"{who}.base", _LINEAR, given, wrong_type=not isinstance(given, str))
         self.base = base
         self.aggregator = check_aggregator(who, aggregator)
         self.low = check_real(who, "low", low, low=0.0, strict=True)
-        self.high = check_real(who, "high", high, low=self.low)
+        self.high = check_real(who, "high", high, low=0.0, strict=True)
+        if self.high < self.low:
+            raise ValueError(
+                f"{who}.low, {who}.high: expected low <= high, got low={self.low!r}, "
+                f"high={self.high!r}"
+            )
         self.points = check_int(who, "points", points, low=2)
         self.refine = check_int(who, "refine", refine, low=0)
         self.sketch = None if sketch is None else check_int(who, "sketch", sketch, low=0)
-        if not isinstance(warm_start, bool):
-            raise TypeError(f"{who}: warm_start must be a bool, got {type(warm_start).__name__}")
-        self.warm_start = warm_start
-        self.seed = check_int(who, "seed", seed, low=0)
+        self.warm_start = check_param(who, "warm_start", warm_start, Boolean())
+        self.seed = check_param(who, "seed", seed, SEED)
         self.reset()
 
     def reset(self) -> None:
@@ -148,6 +178,20 @@ class Optimal(Attack):
         self._hint: float | None = None
         self._generator = torch.Generator().manual_seed(self.seed)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "last_scale": self._last_scale,
+            "hint": self._hint,
+            "generator": self._generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        last, hint = state["last_scale"], state["hint"]
+        self._last_scale = None if last is None else float(last)
+        self._hint = None if hint is None else float(hint)
+        self._generator = torch.Generator()
+        self._generator.set_state(state["generator"])
+
     @property
     def last_scale(self) -> float | None:
         return self._last_scale
@@ -155,6 +199,7 @@ class Optimal(Attack):
     def forge(self, honest: torch.Tensor, f: int) -> torch.Tensor:
         h, d = honest.shape
         self.aggregator.check(h + f)
+        adaptive_memory(type(self).__name__, honest, f, min(self.sketch or d, d))
         anchor, direction, mean = self.base.line_with_mean(honest, f)
         s0 = self.base.default_scale(h + f, f)
         center = s0 if s0 > 0 else 1.0
@@ -253,6 +298,7 @@ class OptimalALIE(Optimal):
         warm_start: bool = True,
         seed: int = 0,
     ) -> None:
+        z = check_param(self, "z", z, OptionalOf(Real(low=0)))  # named as this attack's
         super().__init__(
             ALittleIsEnough(z), aggregator, low, high, points, refine, sketch, warm_start, seed
         )
@@ -275,6 +321,7 @@ class OptimalIPM(Optimal):
         warm_start: bool = True,
         seed: int = 0,
     ) -> None:
+        epsilon = check_param(self, "epsilon", epsilon, Real(low=0, closed="neither"))
         super().__init__(
             InnerProductManipulation(epsilon),
             aggregator,

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from byzance.aggregators.base import apply_rule
+from byzance.attacks.base import clamp_finite, line_point
 from byzance.geometry import ExactGram
 
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
@@ -109,11 +110,10 @@ def repeat_point(
     anchor: torch.Tensor, direction: torch.Tensor, scale: float, f: int
 ) -> torch.Tensor:
     """``(anchor + scale * direction).expand(f, -1).clone()``, written in place (the same
-    values, two (d,) temporaries less)."""
+    values, two (d,) temporaries less), clamped to the dtype's finite range (``line_point``)."""
     out = anchor.new_empty(f, anchor.shape[0])
     if f > 0:
-        torch.mul(direction, scale, out=out[0])
-        out[0].add_(anchor)
+        line_point(anchor, direction, scale, out=out[0])
         out[1:] = out[0]
     return out
 
@@ -169,7 +169,11 @@ class CandidateRows:
         if x is None:
             x = self._x = self.honest.new_empty(h + self.f, self.honest.shape[1])
             x[:h] = self.honest
-        torch.add(self.anchor, self.direction, alpha=scale, out=x[h])
+        if abs(scale) <= torch.finfo(x.dtype).max:
+            torch.add(self.anchor, self.direction, alpha=scale, out=x[h])
+            clamp_finite(x[h])
+        else:
+            line_point(self.anchor, self.direction, scale, out=x[h])
         x[h + 1 :] = x[h]
         out = self.probe(x, None if self.line is None else self.gram(scale))
         value = float(torch.linalg.vector_norm(out.to(self.mean.dtype) - self.mean))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from byzance.attacks.base import LinearAttack
+from byzance.attacks.base import LinearAttack, honest_mean
 
 
 class SignFlipping(LinearAttack):
@@ -17,7 +17,7 @@ class SignFlipping(LinearAttack):
     name = "sign_flipping"
 
     def line(self, honest: torch.Tensor, f: int) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = honest.mean(dim=0)
+        mean = honest_mean(honest)
         return torch.zeros_like(mean), -mean
 
     def default_scale(self, n: int, f: int) -> float:
