@@ -9,6 +9,7 @@ commands (``commands``) are modules of their own.
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 
@@ -44,6 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         message = str(err) or type(err).__name__
         print(f"byzance: error: {message}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as err:  # e.g. a results DB locked by another process for too long
+        if args.debug:
+            raise
+        print(f"byzance: error: results DB: {err}", file=sys.stderr)
         return 2
 
 

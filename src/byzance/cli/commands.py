@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from byzance import engines
@@ -19,7 +18,8 @@ from byzance.cli.inputs import (
     _table,
 )
 from byzance.cli.parser import UserError
-from byzance.grid import load_grid, validate_points
+from byzance.grid import load_grid
+from byzance.grid.bench import check_grid
 from byzance.runner import execute_run
 
 # -- run -------------------------------------------------------------------------------------
@@ -52,6 +52,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             except (ValueError, TypeError) as err:
                 why = str(err)
         plans.append((agg, cfg, ref, why))
+    if args.db:  # a bad --db is one error line, before anything runs
+        from byzance.results import open_db
+
+        open_db(args.db).close()
 
     first = plans[0][1]
     who = (
@@ -108,7 +112,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from byzance.grid import run_grid
-    from byzance.runner import run_key
 
     if args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")
@@ -121,7 +124,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         overrides["model_aggregator"] = args.model_aggregator
     for point in grid.points:
         point.config.update(overrides)
-    valid, invalid = validate_points(grid.points, args.engine, options)
+    from byzance.results import check_db
+
+    has_db = check_db(args.db)  # a bad --db is one error line, before the configs are checked
+    valid, invalid = check_grid(grid.points, args.engine, options, progress=not args.quiet)
     total = len(grid.points)
     if invalid:
         lines = [f"  {p.describe()}: {err}" for p, err in invalid]
@@ -133,21 +139,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
             )
         print(f"skipping {len(invalid)} invalid config(s) of {total}:")
         print("\n".join(lines))
-    configs = [cfg for _, cfg in valid]
-    if args.dry_run:
+    configs = [cfg for _, cfg, _ in valid]
+    if args.dry_run:  # writes nothing: the DB is only read, if there is one
         from byzance.results import open_db
 
         done: set[str] = set()
-        if os.path.exists(args.db):
-            with open_db(args.db) as db:
+        if has_db:
+            with open_db(args.db, readonly=True) as db:
                 done = db.finished_ids()
-        ids = {run_key(c.to_dict(), args.engine, options) for c in configs}
+        ids = {rid for _, _, rid in valid}
         print(
             f"{grid.name}: {total} configs, {len(invalid)} invalid, {len(ids)} distinct runs, "
             f"{len(ids & done)} already finished in {args.db}, {len(ids - done)} to run"
         )
-        for point, cfg in valid:
-            rid = run_key(cfg.to_dict(), args.engine, options)
+        for point, _, rid in valid:
             state = "done" if rid in done else "todo"
             shown = ", ".join(f"{k}={v!r}" for k, v in point.coords.items())
             print(f"  {rid}  {state}  #{point.index} {shown}")

@@ -1,28 +1,35 @@
 """Running a grid: the runs not yet finished in the results database, ``jobs`` at a time.
 
-Runs execute in spawned worker processes (each with ``cpu_count // jobs`` torch threads), each
-through ``byzance.runner`` (the only writer of the database): an interrupted grid resumes where
-it stopped, and a finished run is never repeated. A second bench on the same database is
-refused while one runs (``exclusive_bench``).
+Runs execute in spawned worker processes (``byzance.grid.workers``: each with
+``cpu_count // jobs`` torch threads, at most ``jobs`` runs in flight, a dead worker fails its
+run only), each through ``byzance.runner`` (the only writer of the database): an interrupted
+grid resumes where it stopped, and a finished run is never repeated. A second bench on the
+same database file, under any path, is refused while one runs (``exclusive_bench``); any other
+writer of a run the bench is running (``byzance run --db``) is refused by the database itself
+(``byzance.results``: one writer per run).
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
+import hashlib
+import json
 import os
-import threading
+import sqlite3
+import sys
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from byzance.grid.spec import GridError
+from byzance import engines
+from byzance.grid.spec import GridError, GridPoint
+from byzance.grid.workers import execute_task, run_pool
 from byzance.progress import RunsProgress
-from byzance.results import open_db
-from byzance.runner import execute_run, run_key
+from byzance.results import ResultsDB, open_db, run_id
+from byzance.results.locks import LockHeld, exclusive
+from byzance.runner import build_config
 
 
 @dataclass
@@ -35,73 +42,80 @@ class BenchSummary:
     seconds: float
 
 
-def _execute_in_worker(
-    config_dict: dict[str, Any], db_path: str, engine: str, options: Any
-) -> dict[str, Any]:
-    out = execute_run(config_dict, db_path, engine, options)
-    out["result"] = None  # results stay in the DB; do not pickle histories back
-    return out
-
-
-def _exit_when_orphaned(parent: int) -> None:
-    """Watchdog thread: if the bench process dies (even kill -9), stop this worker at once.
-
-    Its run stays ``running`` in the DB and is re-run from scratch on resume; without this an
-    orphaned worker would keep taking queued runs and writing beside the resumed grid.
-    """
-    while True:
-        time.sleep(0.5)
-        if os.getppid() != parent:
-            os._exit(3)
-
-
-def _init_worker(threads: int, parent: int | None = None) -> None:
-    if parent is not None:
-        threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ["MKL_NUM_THREADS"] = str(threads)
-    import torch
-
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set in this process
-        pass
-
-
 @contextlib.contextmanager
 def exclusive_bench(db_path: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``DB.lock`` while a grid runs on the DB ``db_path``.
+    """Hold an exclusive lock on the results DB ``db_path`` while a grid runs on it.
 
     Two grids on one DB would both run the same unfinished configs; the second one is refused
-    instead. The lock (``flock``) is released by the OS if the process dies, so a crashed grid
-    never blocks the next one. Where ``fcntl`` does not exist (Windows) nothing is locked.
+    instead. The lock (``flock`` on ``<real path>.lock``, symlinks resolved, so every path to
+    the file meets it) is released by the OS if the process dies, so a crashed grid never
+    blocks the next one. Where ``fcntl`` does not exist (Windows) nothing is locked.
     """
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    path = Path(f"{db_path}.lock")
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            owner = fh.read().strip() or "?"
-            raise GridError(
-                f"another byzance bench (pid {owner}) is running on {db_path}: wait for it to "
-                "finish, or give this grid another --db"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        try:
+        with exclusive(db_path):
             yield
-        finally:
-            path.unlink(missing_ok=True)
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    except LockHeld as held:
+        raise GridError(
+            f"another byzance bench (pid {held.owner}) is running on {db_path}"
+            + ("" if held.path == os.path.abspath(db_path) + ".lock" else f" (lock {held.path})")
+            + ": wait for it to finish, or give this grid another --db"
+        ) from None
+
+
+def check_grid(
+    points: Sequence[GridPoint], engine: str = "sim", options: Any = None, *, progress: bool = False
+) -> tuple[list[tuple[GridPoint, Any, str]], list[tuple[GridPoint, str]]]:
+    """Split points into ``(point, ExperimentConfig, run id)`` that validate and run on
+    ``engine`` with ``options`` (``Engine.check``), and ``(point, error)``.
+
+    Each distinct config is validated once and its run id computed once (duplicates share
+    them); ``progress`` shows a bar on stderr when this takes over a second."""
+    from tqdm.auto import tqdm
+
+    from byzance.sim import ExperimentConfig
+
+    eng = engines.get(engine)
+    opts = eng.make_options(options)
+    # the base check validates the config itself: no need to validate it twice
+    checks_config = type(eng).check is engines.Engine.check
+    seen: dict[bytes, tuple[Any, str] | str] = {}  # config digest -> (config, id) or error
+    valid: list[tuple[GridPoint, Any, str]] = []
+    invalid: list[tuple[GridPoint, str]] = []
+    bar = tqdm(
+        total=len(points),
+        desc="checking configs",
+        unit="config",
+        file=sys.stderr,
+        delay=1.0,
+        mininterval=0.5,
+        disable=not progress,
+    )
+    try:
+        for i, point in enumerate(points):
+            text = json.dumps(point.config, sort_keys=True, default=str)
+            key = hashlib.blake2b(text.encode(), digest_size=16).digest()
+            outcome = seen.get(key)
+            if outcome is None:
+                try:
+                    if checks_config:
+                        cfg = ExperimentConfig.from_dict(dict(point.config))
+                    else:
+                        cfg = build_config(point.config)
+                    eng.check(cfg, opts)
+                    outcome = (cfg, run_id(cfg.to_dict(), engine, eng.id_fields(cfg, opts)))
+                except (ValueError, TypeError) as err:
+                    outcome = str(err)
+                seen[key] = outcome
+            if isinstance(outcome, str):
+                invalid.append((point, outcome))
+            else:
+                valid.append((point, *outcome))
+            if i % 256 == 255:
+                bar.update(256)
+        bar.update(len(points) - bar.n)
+    finally:
+        bar.close()
+    return valid, invalid
 
 
 def run_grid(
@@ -115,12 +129,13 @@ def run_grid(
 ) -> BenchSummary:
     """Run validated ``ExperimentConfig``s not yet finished in the DB, ``jobs`` at a time.
 
-    Duplicate configs (same id) run once. Interrupting leaves unfinished runs ``running``:
-    they are re-run from scratch on the next call, finished ones are never repeated. Engines
-    that start their own processes (``ray``) run one config at a time.
-    """
+    Duplicate configs (same id) run once. Interrupting stops at once: no new run starts, runs
+    in flight are marked failed; unfinished runs are re-run from scratch on the next call,
+    finished ones are never repeated. Engines that start their own processes (``ray``) run one
+    config at a time. ``ValueError`` if ``db_path`` is not a results DB (nor a new path)."""
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    open_db(db_path).close()  # a clear error for a bad path, before any lock file is made
     with exclusive_bench(str(db_path)):
         return _run_grid(configs, str(db_path), jobs, engine, engine_options, progress)
 
@@ -135,13 +150,32 @@ def _run_grid(
 ) -> BenchSummary:
     start = time.perf_counter()
     options = engine_options
+    eng = engines.get(engine)
+    opts = eng.make_options(options)
     unique: dict[str, dict[str, Any]] = {}
     for cfg in configs:
-        unique.setdefault(run_key(cfg, engine, options), cfg.to_dict())
+        if isinstance(cfg, Mapping):
+            cfg = build_config(cfg)
+        rid = run_id(cfg.to_dict(), engine, eng.id_fields(cfg, opts))
+        unique.setdefault(rid, cfg.to_dict())
     duplicates = len(configs) - len(unique)
     with open_db(db_path) as db:
-        done_ids = db.finished_ids() & set(unique)
-        previous = {r["run_id"]: r["final_accuracy"] for r in db.load_runs("finished")}
+        return _run_unique(unique, db, db_path, jobs, engine, options, progress, start, duplicates)
+
+
+def _run_unique(
+    unique: dict[str, dict[str, Any]],
+    db: ResultsDB,
+    db_path: str,
+    jobs: int,
+    engine: str,
+    options: Any,
+    progress: RunsProgress | bool,
+    start: float,
+    duplicates: int,
+) -> BenchSummary:
+    done_ids = db.finished_ids() & set(unique)
+    previous = {r["run_id"]: r["final_accuracy"] for r in db.load_runs("finished")}
     todo = [(rid, c) for rid, c in unique.items() if rid not in done_ids]
     bar = (
         progress
@@ -151,7 +185,7 @@ def _run_grid(
     for rid in done_ids:
         bar.add_accuracy(previous.get(rid))
     bar.render()
-    finished = 0
+    finished = skipped = 0
     failed: list[tuple[str, str]] = []
 
     def collect(out: dict[str, Any]) -> None:
@@ -162,51 +196,34 @@ def _run_grid(
             failed.append((out["run_id"], out["error"]))
         bar.update(out["status"], out["final_accuracy"])
 
+    def should_run(rid: str) -> bool:
+        """False if another writer (``byzance run --db``) finished it meanwhile."""
+        nonlocal skipped
+        if db.status(rid) != "finished":
+            return True
+        skipped += 1
+        bar.update("finished", None)
+        return False
+
+    def abandon(rid: str, config: dict[str, Any] | None, reason: str) -> None:
+        label = engines.get(engine).label(build_config(config)) if config else engine
+        with contextlib.suppress(ValueError, sqlite3.Error):  # else it stays "running"
+            db.abandon_run(rid, reason, config=config, engine=label)
+
     try:
-        if jobs == 1 or engine != "sim" or len(todo) <= 1:
-            for _, cfg in todo:
-                collect(_execute_in_worker(cfg, db_path, engine, options))
+        if jobs == 1 or not engines.get(engine).parallel_runs or len(todo) <= 1:
+            for rid, cfg in todo:
+                if should_run(rid):
+                    collect(execute_task(cfg, db_path, engine, options, rid, False))
         else:
-            _run_pool(todo, db_path, jobs, engine, options, collect)
+            run_pool(todo, (db_path, engine, options), jobs, collect, should_run, abandon)
     finally:
         bar.close()
     return BenchSummary(
         total=len(unique),
-        skipped=len(done_ids),
+        skipped=len(done_ids) + skipped,
         finished=finished,
         failed=failed,
         duplicates=duplicates,
         seconds=time.perf_counter() - start,
     )
-
-
-def _run_pool(todo, db_path, jobs, engine, options, collect) -> None:
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(
-        max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads, os.getpid())
-    )
-    clean = False
-    try:
-        pending: dict[Future, str] = {
-            pool.submit(_execute_in_worker, cfg, db_path, engine, options): rid for rid, cfg in todo
-        }
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                rid = pending.pop(fut)
-                try:
-                    out = fut.result()
-                except Exception as err:  # e.g. a worker process killed
-                    message = f"{type(err).__name__}: {err}".strip()
-                    out = {
-                        "run_id": rid,
-                        "status": "failed",
-                        "final_accuracy": None,
-                        "error": message,
-                    }
-                collect(out)
-        clean = True
-    finally:
-        # on Ctrl-C / errors, do not wait for queued runs; in-flight ones stay "running"
-        pool.shutdown(wait=clean, cancel_futures=True)
