@@ -251,7 +251,7 @@ def test_missing_and_malformed_vectors_are_recorded_the_same_way(engine_name, tm
         def faults(x: Any) -> None:  # ray: the server loop (``RayEngine``)
             x.inject_fault(1, "nan", rounds=[2])
             for w in (0, 2, 3):  # the malformed vector arrives before the quorum is in
-                x.inject_fault(w, "delay", rounds=[2], seconds=2.5)
+                x.inject_fault(w, "delay", rounds=[2], seconds=5.0)
 
         hooks["engine_hook"] = faults
     res = engine.execute(cfg, options_for(engine_name), db=db, **hooks)  # default quorum
