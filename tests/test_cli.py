@@ -369,6 +369,7 @@ def test_run_key_keeps_only_options_that_change_results() -> None:
         (["--decentralized", "--set", "server_momentum=0.9"], "server_momentum: must be 0"),
         (["--protocol", "gossip"], "ExperimentConfig.protocol: expected one of server"),
         (["--num-cpus", "4"], "Ray instance too small: 13 worker actors x 1 CPU = 13 CPU"),
+        (["--checkpoint-dir", __file__ + "/ck"], "RayOptions.checkpoint_dir: "),
     ],
 )
 def test_ray_option_errors(capsys, tmp_path, monkeypatch, flags, needle) -> None:

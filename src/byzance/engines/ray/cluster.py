@@ -4,8 +4,10 @@ starting the actors with ``RayOptions``' placement and killing them."""
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from byzance.engines.ray.options import RayOptions
@@ -66,6 +68,8 @@ def connect(options: RayOptions) -> bool:
 def check_before_start(n_actors: int, options: RayOptions) -> None:
     """What can be checked before Ray starts: an explicit address is reachable, and a local
     instance of ``num_cpus`` CPUs can host ``n_actors`` actors of ``worker_cpus`` each."""
+    if options.checkpoint_dir:
+        _check_checkpoint_dir(Path(options.checkpoint_dir))
     address = options.address
     if address not in (None, "auto", "local"):
         _check_reachable(address, options.connect_timeout)
@@ -77,6 +81,27 @@ def check_before_start(n_actors: int, options: RayOptions) -> None:
                 f"CPU = {need:g} CPU needed, RayOptions.num_cpus={options.num_cpus}; raise "
                 "--num-cpus or lower --worker-cpus"
             )
+
+
+def _check_checkpoint_dir(path: Path) -> None:
+    """The checkpoint folder is a folder, or can be made: its nearest existing ancestor is a
+    writable folder."""
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"RayOptions.checkpoint_dir: {str(path)!r} is not a folder")
+        existing = path
+    else:
+        existing = next(p for p in path.absolute().parents if p.exists())
+        if not existing.is_dir():
+            raise ValueError(
+                f"RayOptions.checkpoint_dir: {str(path)!r} cannot be made: {str(existing)!r} "
+                "is a file"
+            )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"RayOptions.checkpoint_dir: {str(existing)!r} is not writable (checkpoints of "
+            f"{str(path)!r})"
+        )
 
 
 def check_resources(n_actors: int, options: RayOptions) -> None:
