@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from tiny import TINY_CONFIG
 
 from byzance.cli import main
 from byzance.grid import expand, run_grid, validate_points
@@ -18,17 +19,7 @@ from byzance.grid.bench import check_grid
 from byzance.grid.workers import INTERRUPTED, TEST_KILL_ENV
 from byzance.results import open_db, run_id
 
-TINY = {
-    "dataset": "digits",
-    "model": "logreg",
-    "n_honest": 4,
-    "f": 1,
-    "rounds": 3,
-    "eval_every": 1,
-    "batch_size": 8,
-    "attack": "sign_flipping",
-    "aggregator": "average",
-}
+TINY = dict(TINY_CONFIG)
 
 
 def _configs(base=TINY, **sweep):

@@ -12,6 +12,7 @@ import sqlite3
 import threading
 
 import pytest
+from tiny import TINY_CONFIG
 
 from byzance.cli import main
 from byzance.grid import GridError, exclusive_bench, run_grid, tomllib
@@ -27,17 +28,7 @@ from byzance.results import (
 from byzance.runner import build_config
 
 CONFIG = {"dataset": "digits", "aggregator": "krum", "f": 2, "seed": 0, "lr": 0.1, "rounds": 3}
-TINY_CFG = {
-    "dataset": "digits",
-    "model": "logreg",
-    "n_honest": 4,
-    "f": 1,
-    "rounds": 3,
-    "eval_every": 1,
-    "batch_size": 8,
-    "attack": "sign_flipping",
-    "aggregator": "average",
-}
+TINY_CFG = dict(TINY_CONFIG)
 TINY = ["--rounds", "2", "--eval-every", "1", "--batch-size", "8", "--quiet"]
 GRID = '[base]\ndataset = "digits"\nmodel = "logreg"\nrounds = 2\n[sweep]\nseed = [0]\n'
 

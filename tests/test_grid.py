@@ -5,23 +5,14 @@ from __future__ import annotations
 import os
 
 import pytest
+from tiny import TINY_CONFIG
 
 import byzance.grid as grid_mod
 from byzance.grid import GridError, expand, load_grid, parse_grid, run_grid, validate_points
 from byzance.results import open_db, run_id
 from byzance.sim import ExperimentConfig
 
-TINY = {
-    "dataset": "digits",
-    "model": "logreg",
-    "n_honest": 4,
-    "f": 1,
-    "rounds": 3,
-    "eval_every": 1,
-    "batch_size": 8,
-    "attack": "sign_flipping",
-    "aggregator": "average",
-}
+TINY = dict(TINY_CONFIG)
 
 
 def test_expand_product_and_joint_tables() -> None:
