@@ -71,7 +71,7 @@ class FlatModel:
         if not shared_params:
             return vmapped
         return SummedGradients(
-            self.module, self.names, self.sizes, self.buffers, self.unflatten, vmapped
+            self.module, self.names, self.sizes, self.buffers, self.unflatten, vmapped, self.loss
         )
 
     @torch.inference_mode()

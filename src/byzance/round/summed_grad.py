@@ -84,8 +84,10 @@ class SummedGradients:
         buffers: dict[str, torch.Tensor],
         unflatten: Callable[[torch.Tensor], dict[str, torch.Tensor]],
         reference: Callable,
+        loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.module = module
+        self.loss = loss
         self.buffers = buffers
         self.unflatten = unflatten
         self.reference = reference
@@ -117,12 +119,33 @@ class SummedGradients:
             return self(theta, xs, ys)
         return self._summed(theta, xs, ys)
 
+    def _per_worker(
+        self, theta: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference, one worker at a time by plain autograd (``loss(theta, x, y)``): the
+        same as the vmapped one, without loading torch's functorch machinery (about a second
+        of imports in a new process) for a check made once."""
+        assert self.loss is not None
+        grads, losses = [], []
+        for x, y in zip(xs, ys, strict=True):
+            th = theta.detach().requires_grad_(True)
+            with torch.enable_grad():
+                value = self.loss(th, x, y)
+                (g,) = torch.autograd.grad(value, th)
+            grads.append(g)
+            losses.append(value.detach())
+        return torch.stack(grads), torch.stack(losses)
+
     def _agrees(self, theta: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> bool:
-        """Does the summed pass reproduce the vmap reference on this input (eval mode)?"""
+        """Does the summed pass reproduce the reference on this input (eval mode)? The
+        reference: each worker's gradient by autograd (``loss`` given), else the vmapped one."""
         training = self.module.training
         self.module.eval()
         try:
-            ref_g, ref_l = self.reference(theta, xs, ys)
+            if self.loss is not None:
+                ref_g, ref_l = self._per_worker(theta, xs, ys)
+            else:
+                ref_g, ref_l = self.reference(theta, xs, ys)
             try:
                 g, loss = self._summed(theta, xs, ys)
             except (RuntimeError, ValueError):  # e.g. a layer called twice
