@@ -34,6 +34,7 @@ import torch
 
 from byzance import engines
 from byzance.results import open_db
+from byzance.round.record import RECORD_KEYS
 from byzance.runner import run_key
 from byzance.sim import ExperimentConfig
 
@@ -54,16 +55,6 @@ CC = {"aggregator": "centered_clipping", "aggregator_params": {"tau": 0.1}}
 CONFIGS: dict[str, dict[str, Any]] = {
     "cc+alie": {**BASE, **CC, "attack": "alie"},
     "cc+label_flipping": {**BASE, **CC, "attack": "label_flipping"},
-}
-#: the keys of every engine's metric records (``byzance.round.record``)
-RECORD_KEYS = {
-    "round",
-    "train_loss",
-    "test_accuracy",
-    "val_accuracy",
-    "agg_distance",
-    "lr",
-    "time",
 }
 #: settings given to every engine that declares them (generous timeouts: a loaded machine)
 SETTINGS: dict[str, Any] = {

@@ -19,6 +19,10 @@ from typing import Any
 import torch
 
 Record = dict[str, Any]
+#: the keys every engine's records have (``metrics_record``'s common keys)
+RECORD_KEYS = frozenset(
+    ("round", "train_loss", "test_accuracy", "val_accuracy", "agg_distance", "lr", "time")
+)
 
 
 def agg_distance(aggregate: torch.Tensor, honest: torch.Tensor) -> float:
