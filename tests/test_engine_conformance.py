@@ -202,7 +202,9 @@ def test_a_rule_that_cannot_run_is_refused_before_any_work(engine, tmp_path, mon
     def no_work(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError(f"{engine}: run started for a config its check refuses")
 
-    monkeypatch.setattr(eng, "run", no_work)
+    # patch the class: an instance attribute would outlive the test (monkeypatch restores it
+    # as a bound method that shadows later patches of the class)
+    monkeypatch.setattr(type(eng), "run", no_work)
     condition = r"Krum requires n >= 2f \+ 3"
     # Krum with f=2 needs 7 vectors; the server receives n_honest + f = 6
     cfg = ExperimentConfig.from_dict({**BASE, "n_honest": 4, "f": 2, "aggregator": "krum"})
