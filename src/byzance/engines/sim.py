@@ -1,23 +1,30 @@
 """The ``sim`` engine: the vectorised in-process simulator (``byzance.sim.Simulation``).
 
 Every worker of a round in one computation on one device; seeded and bit-for-bit
-reproducible on a CPU. Runs the ``server`` protocol.
+reproducible on a CPU. Each protocol it runs has its own runner (``RUNNERS``): a class built
+from the config whose ``run(on_metrics=, progress=)`` returns a ``RunResult``.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
 from byzance.engines.base import Engine, NoOptions
 from byzance.round.record import Record, RunResult
 
+#: protocol -> "module:Class" of its simulator (imported when a run starts)
+RUNNERS: dict[str, str] = {
+    "server": "byzance.sim.simulation:Simulation",
+}
+
 
 class SimulatorEngine(Engine):
     name = "sim"
     summary = "vectorised in-process simulator (default)"
     Options = NoOptions
-    protocols = ("server",)
+    protocols = tuple(RUNNERS)
 
     def run(
         self,
@@ -27,6 +34,6 @@ class SimulatorEngine(Engine):
         *,
         progress: bool = False,
     ) -> RunResult:
-        from byzance.sim.simulation import Simulation
-
-        return Simulation(config).run(on_metrics=on_metrics, progress=progress)
+        module, cls = RUNNERS[config.protocol].split(":")
+        runner = getattr(importlib.import_module(module), cls)
+        return runner(config).run(on_metrics=on_metrics, progress=progress)

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from byzance import protocols
 from byzance.protocols import DEFAULT as DEFAULT_PROTOCOL
 from byzance.protocols import PROTOCOLS
 from byzance.validation import (
-    Boolean,
     Constraint,
     Integer,
     Mapping,
@@ -62,8 +62,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "server_momentum": Real(low=0, high=1, closed="left"),
     "eval_batch_size": Integer(low=1),
     "protocol": OneOf(*PROTOCOL_NAMES),
-    "model_aggregator": String(),
-    "equivocate": Boolean(),
+    **protocols.constraints(),  # each protocol's own fields (byzance.protocols)
 }
 
 
