@@ -114,7 +114,7 @@ def test_run_config_file_and_flag_override(capsys, tmp_path) -> None:
         (["run", "--set", "oops"], "FIELD=VALUE"),
         (["run", "missing.toml"], "not found"),
         (["run", "--q", "3"], "--q only applies to --engine ray"),
-        (["run", "--decentralized"], "engine 'sim' does not run protocol 'decentralized'"),
+        (["run", "--decentralized", "--agreement", "mda"], "requires n >= 6f + 1"),
         (
             ["bench", "g.toml", "--checkpoint-dir", "c", "--num-cpus", "4"],
             "--checkpoint-dir only applies to --engine ray",
@@ -406,8 +406,9 @@ def test_a_new_engine_needs_no_edit_of_the_cli(capsys, tmp_path, monkeypatch) ->
             return engines.get("sim").run(config, None, on_metrics)
 
     monkeypatch.setattr(registry, "_ENGINES", dict(registry._ENGINES))
+    before = engines.available()
     engines.register(Echo)
-    assert engines.available() == ["sim", "ray", "echo"]
+    assert engines.available() == [*before, "echo"]
     db = tmp_path / "r.db"
     argv = ["run", *TINY, "--aggregator", "median", "--no-reference", "--engine", "echo"]
     code, out, err = run_cli(capsys, *argv, "--repeat", "3", "--db", str(db))
@@ -426,7 +427,7 @@ def test_a_new_engine_needs_no_edit_of_the_cli(capsys, tmp_path, monkeypatch) ->
     assert code == 2 and "--q only applies to --engine ray" in err
     code, out, err = run_cli(capsys, "run", *TINY, "--engine", "echo", "--decentralized")
     assert code == 2 and "engine 'echo' does not run protocol 'decentralized'" in err
-    assert "engines that run it: ray" in err
+    assert "engines that run it: sim, ray" in err
 
 
 def test_real_decentralized_run_shows_spread(capsys, tmp_path) -> None:

@@ -81,7 +81,7 @@ def _commands(page: Path) -> list[tuple[list[str], str | None, str, str]]:
             continue
         if lang not in ("bash", "text", "console", ""):
             continue
-        lines = body.split("\n")
+        lines = body.replace("\\\n", " ").split("\n")  # continued lines joined
         for i, line in enumerate(lines):
             shown = line[2:] if line.startswith("$ ") else line
             if not shown.startswith("byzance "):
@@ -112,8 +112,8 @@ COMMAND_CASES = [
 
 @pytest.mark.parametrize("page,index", COMMAND_CASES)
 def test_command_examples_are_valid(page: Path, index: int, tmp_path, monkeypatch, capsys) -> None:
-    from byzance.cli import main
     from byzance.cli import commands as cli_commands
+    from byzance.cli import main
     from byzance.cli.parser import build_parser
 
     monkeypatch.chdir(tmp_path)

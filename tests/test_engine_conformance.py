@@ -25,6 +25,7 @@ an initialised Ray instead of starting its own. ``ray`` is skipped if Ray is not
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import inspect
 import re
 from typing import Any
@@ -38,7 +39,8 @@ from byzance.round.record import RECORD_KEYS
 from byzance.runner import run_key
 from byzance.sim import ExperimentConfig
 
-ENGINES = engines.available()
+#: the registered engines (``flower`` where Flower is installed: it is an optional extra)
+ENGINES = [e for e in engines.available() if e != "flower" or importlib.util.find_spec("flwr")]
 
 BASE: dict[str, Any] = {
     "dataset": "digits",
@@ -61,9 +63,10 @@ SETTINGS: dict[str, Any] = {
     "round_timeout": 120.0,
     "startup_timeout": 120.0,
     "worker_cpus": 1.0,
+    "client_cpus": 4.0,  # flower: 2 ClientApp actors on the 8-CPU Ray of ``ray_local``
 }
 #: engine -> the fixture that brings up what it runs on
-NEEDS = {"ray": "ray_local"}
+NEEDS = {"ray": "ray_local", "flower": "ray_local"}
 
 
 def config(name: str, **changes: Any) -> ExperimentConfig:

@@ -63,6 +63,9 @@ ACCEPTED: dict[str, set[str]] = {
     "scale": _REAL,
     "HiddenVulnerability.scale": _REAL | {"None"},
     "HiddenVulnerability.aggregator": {"None"},
+    "GradientInversion.aggregator": {"None"},
+    "GradientInversion.input_range": {"None"},
+    "GradientInversion.lr": _REAL,
     "warm_start": {"bool"},
     "center": {"None"},
     # refused whatever the value tried: seeds (a torch.Generator takes < 2^64), the required

@@ -16,7 +16,7 @@ from byzance import models
 from byzance.cli import main
 from byzance.round.setup import Setup
 from byzance.sim import ExperimentConfig
-from byzance.sim.config import validation_size
+from byzance.sim.config_checks import validation_size
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",

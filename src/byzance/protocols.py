@@ -11,7 +11,23 @@ too (declared here, with their defaults), and an engine declares which protocols
     no trusted server: every honest node keeps its own model, aggregates its peers' vectors
     with ``aggregator``, steps, then aggregates their models with ``model_aggregator``;
     Byzantine nodes may send each peer a different vector (``equivocate``). El-Mhamdi et al.,
-    "Collaborative learning in the jungle", NeurIPS 2021; ByzSGD, PODC 2020.
+    "Collaborative learning in the jungle", NeurIPS 2021; ByzSGD, PODC 2020. With
+    ``agreement`` (``"mda"`` or ``"trimmed_mean"``, not protocol fields: ``LATER_FIELDS``) the
+    model exchange is the jungle paper's averaging agreement (``agreement_rounds`` rounds).
+``byzsgd``
+    ByzSGD: ``n_servers`` replicas of the server, ``f_servers`` Byzantine; workers take the
+    coordinate-wise median of the servers' models, each correct server aggregates the workers'
+    vectors with ``aggregator`` and steps, and every ``contraction_every`` steps the servers
+    contract their models (median); Byzantine servers send models forged by ``server_attack``
+    (a catalog attack applied to models, or ``"contraction"``), per recipient if
+    ``equivocate``. El Mhamdi et al., PODC 2020; ``docs/byzsgd.md``.
+``async``
+    asynchronous SGD: the server applies each vector as it arrives, at the model version the
+    worker read, through Kardam's Lipschitz and frequency filters (``async_filter``) and
+    staleness dampening (``dampening``, ``dampening_alpha``); the simulator's timing model
+    (``compute_time``, ``straggler_fraction``, ``straggler_slowdown``, ``byzantine_speed``)
+    and the attack aimed at the Lipschitz filter (``filter_attack``). Damaskinos et al.,
+    "Asynchronous Byzantine Machine Learning (the case of SGD)", ICML 2018; ``docs/async.md``.
 
 The run id keys a protocol's settings only when that protocol is used, so a setting that does
 not apply never splits otherwise identical runs (``id_config``).
@@ -23,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from byzance.validation import Boolean, Constraint, String
+from byzance.validation import Boolean, Constraint, Integer, OneOf, Real, String
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,50 @@ PROTOCOLS: dict[str, Protocol] = {
         {"model_aggregator": "trimmed_mean", "equivocate": True},
         {"model_aggregator": String(), "equivocate": Boolean()},
     ),
+    "async": Protocol(
+        "async",
+        "asynchronous SGD: the server applies each vector as it arrives, through Kardam's "
+        "filters and staleness dampening (byzance.round.kardam, byzance.sim.asynchronous)",
+        {
+            "async_filter": "kardam",
+            "dampening": "exponential",
+            "dampening_alpha": 0.2,
+            "compute_time": "exponential",
+            "straggler_fraction": 0.0,
+            "straggler_slowdown": 10.0,
+            "byzantine_speed": 1.0,
+            "filter_attack": "none",
+        },
+        {
+            "async_filter": OneOf("kardam", "lipschitz", "frequency", "none"),
+            "dampening": OneOf("exponential", "inverse", "none"),
+            "dampening_alpha": Real(low=0),
+            "compute_time": OneOf("exponential", "fixed"),
+            "straggler_fraction": Real(low=0, high=1),
+            "straggler_slowdown": Real(low=1),
+            "byzantine_speed": Real(low=0, closed="neither"),
+            "filter_attack": OneOf("none", "lipschitz_edge"),
+        },
+    ),
+    "byzsgd": Protocol(
+        "byzsgd",
+        "ByzSGD: n_servers replicated servers, f_servers Byzantine, median pulls and median "
+        "contraction every contraction_every steps (byzance.sim.byzsgd)",
+        {
+            "n_servers": 5,
+            "f_servers": 1,
+            "contraction_every": 10,
+            "server_attack": "contraction",
+            "equivocate": True,
+        },
+        {
+            "n_servers": Integer(low=1),
+            "f_servers": Integer(low=0),
+            "contraction_every": Integer(low=1),
+            "server_attack": String(),
+            "equivocate": Boolean(),
+        },
+    ),
 }
 DEFAULT = "server"
 #: every protocol-specific config field
@@ -57,7 +117,22 @@ PROTOCOL_FIELDS = frozenset(k for p in PROTOCOLS.values() for k in p.fields)
 #: while at the default, so that every run made before a field existed keeps its id (a grid
 #: resumes instead of running everything again). A new config field that is not a protocol's
 #: goes here.
-LATER_FIELDS: dict[str, Any] = {}
+LATER_FIELDS: dict[str, Any] = {
+    # a client population sampled per round (byzance.round.clients)
+    "n_clients": None,
+    "byzantine_clients": 0,
+    "clients_per_round": "all",
+    "f_exceed_probability": None,
+    "min_client_examples": 3,
+    # the gradient estimator (byzance.round.zero_order: FedZero)
+    "gradient_estimator": "backprop",
+    "estimator_params": {},
+    # averaging agreement of protocol decentralized (byzance.round.agreement)
+    "agreement": "none",
+    "agreement_rounds": 0,
+    # the fault-tolerance regulariser (byzance.round.crash_training)
+    "crash_regularizer": {},
+}
 
 
 def constraints() -> dict[str, Constraint]:

@@ -12,7 +12,9 @@ from typing import Any
 
 from byzance.aggregators.registry import build_component
 from byzance.attacks.alie import ALittleIsEnough, alie_z_max
+from byzance.attacks.anti_majority import AntiMajority
 from byzance.attacks.base import Attack, DataAttack, LinearAttack
+from byzance.attacks.gradient_inversion import GradientInversion
 from byzance.attacks.hidden_vulnerability import HiddenVulnerability
 from byzance.attacks.ipm import InnerProductManipulation
 from byzance.attacks.label_flipping import BudgetedLabelFlipping, LabelFlipping
@@ -36,8 +38,13 @@ GRADIENT_ATTACKS: tuple[type[Attack], ...] = (
     Optimal,
     OptimalALIE,
     OptimalIPM,
+    AntiMajority,
 )
-DATA_ATTACKS: tuple[type[DataAttack], ...] = (LabelFlipping, BudgetedLabelFlipping)
+DATA_ATTACKS: tuple[type[DataAttack], ...] = (
+    LabelFlipping,
+    BudgetedLabelFlipping,
+    GradientInversion,
+)
 
 #: name -> class, for every attack (aliases included)
 REGISTRY: dict[str, type] = {cls.name: cls for cls in (*GRADIENT_ATTACKS, *DATA_ATTACKS)}
@@ -52,6 +59,7 @@ REGISTRY.update(
         "hidden": HiddenVulnerability,
         "labelflip": LabelFlipping,
         "blf": BudgetedLabelFlipping,
+        "sign_vote": AntiMajority,
     }
 )
 
@@ -91,10 +99,12 @@ def create(spec: str, *, aggregator: Any = None, **params: Any) -> Attack | Data
 __all__ = [
     "ADAPTIVE",
     "ALittleIsEnough",
+    "AntiMajority",
     "Attack",
     "BudgetedLabelFlipping",
     "DataAttack",
     "GRADIENT_ATTACKS",
+    "GradientInversion",
     "DATA_ATTACKS",
     "Gaussian",
     "HiddenVulnerability",

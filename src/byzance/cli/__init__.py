@@ -26,7 +26,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handler = {"run": cmd_run, "bench": cmd_bench, "report": cmd_report}[args.command]
+    from byzance.cli.crash import cmd_crash
+
+    handler = {"run": cmd_run, "bench": cmd_bench, "report": cmd_report, "crash": cmd_crash}.get(
+        args.command
+    )
+    if args.command == "kappa":
+        from byzance.cli.kappa import cmd_kappa
+
+        handler = cmd_kappa
+    if handler is None:  # byzance scores, scores-attack
+        from byzance.cli.scores import COMMANDS as SCORES_COMMANDS
+
+        handler = SCORES_COMMANDS[args.command]
     try:
         return handler(args)
     except BrokenPipeError:  # output piped into head & co.

@@ -52,6 +52,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             except (ValueError, TypeError) as err:
                 why = str(err)
         plans.append((agg, cfg, ref, why))
+    if args.save_model:  # one model, into a folder that exists: checked before any run
+        from byzance.cli.crash import check_save_model
+
+        check_save_model(args.save_model, len(plans))
     if args.db:  # a bad --db is one error line, before anything runs
         from byzance.results import open_db
 
@@ -63,6 +67,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         if first.has_attack
         else f"{first.n_honest} honest workers, no attack"
     )
+    if first.n_clients is not None:  # a sampled client population
+        pop = first.population
+        who = (
+            f"{pop.n_clients} clients ({pop.byzantine} Byzantine), {pop.per_round} per round, "
+            f"aggregator f={pop.aggregator_f}"
+        )
     het = heterogeneity_label(first.to_dict())
     title = "quickstart" if not args.config and not _any_flag(args) else "experiment"
     print(
@@ -87,6 +97,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 failed.append(f"{agg} {label}: {out['error']}")
             outs.append(out)
         attacked, reference = outs
+        if args.save_model and attacked["status"] == "finished":
+            from byzance.cli.crash import save_run_model
+
+            print(f"  model saved: {save_run_model(args.save_model, attacked['result'])}")
         rows.append(
             [
                 agg,

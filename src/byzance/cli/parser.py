@@ -65,6 +65,20 @@ FIELD_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ),
     ("--f", "f", int, "number of Byzantine workers"),
     ("--n-honest", "n_honest", int, "number of honest workers"),
+    (
+        "--n-clients",
+        "n_clients",
+        int,
+        "a population of N clients sampled per round (--set clients_per_round=20 "
+        "--set byzantine_clients=0.1; docs/federated.md)",
+    ),
+    (
+        "--gradient-estimator",
+        "gradient_estimator",
+        str,
+        "backprop (default) or zero_order (FedZero; --set 'estimator_params={queries=20}'; "
+        "docs/federated.md)",
+    ),
     ("--heterogeneity", "heterogeneity", str, "iid, dirichlet, gamma, extreme"),
     ("--alpha", "alpha", float, "Dirichlet concentration (heterogeneity=dirichlet)"),
     ("--gamma", "gamma", float, "iid fraction (heterogeneity=gamma)"),
@@ -81,12 +95,55 @@ FIELD_FLAGS: tuple[tuple[str, str, type, str], ...] = (
         "dataset folder (default: $BYZANCE_DATA_DIR, ~/.cache/byzance)",
     ),
     ("--device", "device", str, "cpu, cuda, cuda:1, ..."),
-    ("--protocol", "protocol", str, "server (trusted server, default) or decentralized"),
+    (
+        "--protocol",
+        "protocol",
+        str,
+        "server (trusted server, default), decentralized, async, byzsgd",
+    ),
     (
         "--model-aggregator",
         "model_aggregator",
         str,
         "protocol decentralized: rule of the model exchange (default trimmed_mean)",
+    ),
+    (
+        "--async-filter",
+        "async_filter",
+        str,
+        "protocol async: kardam (default), lipschitz, frequency or none",
+    ),
+    (
+        "--dampening",
+        "dampening",
+        str,
+        "protocol async: staleness dampening, exponential (default), inverse or none",
+    ),
+    (
+        "--byzantine-speed",
+        "byzantine_speed",
+        float,
+        "protocol async: Byzantine workers compute this many times faster (default 1)",
+    ),
+    ("--n-servers", "n_servers", int, "protocol byzsgd: server replicas (default 5)"),
+    ("--f-servers", "f_servers", int, "protocol byzsgd: Byzantine servers among them (default 1)"),
+    (
+        "--contraction-every",
+        "contraction_every",
+        int,
+        "protocol byzsgd: median contraction of the servers' models every T steps (default 10)",
+    ),
+    (
+        "--server-attack",
+        "server_attack",
+        str,
+        "protocol byzsgd: the Byzantine servers' models, contraction (default) or an attack",
+    ),
+    (
+        "--agreement",
+        "agreement",
+        str,
+        "protocol decentralized (sim): averaging agreement none (default), mda, trimmed_mean",
     ),
 )
 
@@ -212,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--show-config", action="store_true", help="print the config that would run (TOML) and exit"
     )
     run.add_argument("--quiet", action="store_true", help="no per-round progress")
+    run.add_argument(
+        "--save-model", metavar="PATH", help="save the trained model (one rule) for byzance crash"
+    )
     _add_engine_flags(run)
 
     bench = sub.add_parser(
@@ -266,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--format", choices=("png", "pdf"), default="png", help="figure format (default png)"
     )
+    from byzance.cli.crash import add_parser as add_crash_parser
+
+    add_crash_parser(sub)
+    from byzance.cli.scores import add_parsers as add_scores_parsers
+
+    add_scores_parsers(sub)
+    from byzance.cli.kappa import add_parser as add_kappa_parser
+
+    add_kappa_parser(sub)
     return parser
 
 

@@ -17,6 +17,14 @@ and leaves no worker empty.
   (Hsu et al. 2019, "Measuring the Effects of Non-Identical Data Distribution"). Small
   ``alpha`` means strong label skew, large ``alpha`` approaches i.i.d. Draws leaving a
   worker empty are redrawn (up to ``MAX_DIRICHLET_DRAWS`` times, deterministically).
+
+``min_size`` (many workers: the clients of a federated population): every worker gets at least
+that many samples, and fewer samples than ``num_workers * min_size`` is an error. The
+near-equal schemes satisfy it by themselves; ``"dirichlet"`` makes one draw (no redraws: with
+thousands of workers a draw leaving none below the minimum is too rare to wait for) and tops
+up each worker left below ``min_size`` with samples taken uniformly at random from the
+samples the other workers hold beyond their own ``min_size`` (so nobody falls below it). The
+top-up dilutes the label skew of the smallest workers only (a few samples each).
 """
 
 from __future__ import annotations
@@ -68,19 +76,45 @@ def _by_worker(owner: np.ndarray, num_workers: int) -> list[np.ndarray]:
     return np.split(order, np.cumsum(counts)[:-1])
 
 
+def _dirichlet_draw(
+    y: np.ndarray, classes: np.ndarray, num_workers: int, alpha: float, rng: np.random.Generator
+) -> np.ndarray:
+    """One draw: the owner of every sample, class by class (module docstring)."""
+    owner = np.empty(len(y), dtype=np.int64)
+    for c in classes:
+        members = rng.permutation(np.flatnonzero(y == c))
+        p = rng.dirichlet(np.full(num_workers, alpha))
+        cuts = np.floor(np.cumsum(p) * len(members)).astype(np.int64)
+        cuts[-1] = len(members)
+        counts = np.diff(cuts, prepend=0)
+        owner[members] = np.repeat(np.arange(num_workers), counts)
+    return owner
+
+
+def _top_up(owner: np.ndarray, num_workers: int, min_size: int, rng: np.random.Generator) -> None:
+    """Give every worker at least ``min_size`` samples, in place, taking them uniformly from
+    the samples held beyond ``min_size`` (requires ``len(owner) >= num_workers * min_size``)."""
+    counts = np.bincount(owner, minlength=num_workers)
+    deficit = np.maximum(min_size - counts, 0)
+    if not deficit.any():
+        return
+    surplus = np.maximum(counts - min_size, 0)
+    n = len(owner)
+    order = rng.permutation(n)
+    grouped = order[np.argsort(owner[order], kind="stable")]  # by owner, random within
+    rank = np.empty(n, dtype=np.int64)
+    rank[grouped] = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
+    offered = np.flatnonzero(rank < surplus[owner])  # surplus[w] random samples of each w
+    taken = rng.choice(offered, size=int(deficit.sum()), replace=False)
+    owner[taken] = np.repeat(np.arange(num_workers), deficit)
+
+
 def _dirichlet(
     y: np.ndarray, num_workers: int, alpha: float, rng: np.random.Generator
 ) -> np.ndarray:
-    owner = np.empty(len(y), dtype=np.int64)
     classes = np.unique(y)
     for _ in range(MAX_DIRICHLET_DRAWS):
-        for c in classes:
-            members = rng.permutation(np.flatnonzero(y == c))
-            p = rng.dirichlet(np.full(num_workers, alpha))
-            cuts = np.floor(np.cumsum(p) * len(members)).astype(np.int64)
-            cuts[-1] = len(members)
-            counts = np.diff(cuts, prepend=0)
-            owner[members] = np.repeat(np.arange(num_workers), counts)
+        owner = _dirichlet_draw(y, classes, num_workers, alpha, rng)
         if np.bincount(owner, minlength=num_workers).min() > 0:
             return owner
     raise ValueError(
@@ -98,11 +132,13 @@ def partition(
     alpha: float = 1.0,
     gamma: float = 1.0,
     seed: int = 0,
+    min_size: int | None = None,
 ) -> list[torch.Tensor]:
     """Split sample indices ``0..N-1`` among ``num_workers`` workers (see the module doc).
 
     Returns one int64 index tensor per worker (order within a worker is unspecified).
-    ``alpha`` is used by ``"dirichlet"`` only, ``gamma`` by ``"gamma"`` only.
+    ``alpha`` is used by ``"dirichlet"`` only, ``gamma`` by ``"gamma"`` only; ``min_size``:
+    the least samples per worker (None: at least one, ``"dirichlet"`` by redrawing).
     """
     y = _as_labels(labels)
     n = len(y)
@@ -125,9 +161,23 @@ def partition(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"partition: seed must be an int >= 0, got seed={seed!r}")
 
+    if min_size is not None:
+        if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)):
+            raise TypeError(f"partition: min_size must be an int, got {type(min_size).__name__}")
+        if min_size < 1 or num_workers * min_size > n:
+            raise ValueError(
+                f"partition: cannot give each of num_workers={num_workers} workers "
+                f"min_size={min_size} samples: there are {n} samples (at most "
+                f"{n // max(min_size, 1)} workers of min_size samples)"
+            )
+
     rng = np.random.default_rng(int(seed))
     perm = rng.permutation(n)
-    if scheme == "dirichlet":
+    if scheme == "dirichlet" and min_size is not None:
+        owner = _dirichlet_draw(y, np.unique(y), num_workers, float(alpha), rng)
+        _top_up(owner, num_workers, int(min_size), rng)
+        parts = _by_worker(owner, num_workers)
+    elif scheme == "dirichlet":
         parts = _by_worker(_dirichlet(y, num_workers, float(alpha), rng), num_workers)
     else:
         sizes = _split_sizes(n, num_workers)

@@ -12,6 +12,7 @@ db=...)``, ``run_decentralized_ray``, ``RayEngine`` (the server loop over a work
 """
 
 from byzance.engines.base import Engine, option
+from byzance.engines.flower import FlowerEngine
 from byzance.engines.ray import (
     FAULT_KINDS,
     DecentralizedOptions,
@@ -28,6 +29,7 @@ from byzance.engines.sim import SimulatorEngine
 
 register(SimulatorEngine)
 register(RayClusterEngine)
+register(FlowerEngine)
 
 __all__ = [
     "FAULT_KINDS",

@@ -68,6 +68,9 @@ class Engine:
     #: whether a grid may run several of its runs at once, in worker processes (False for an
     #: engine that starts processes of its own, e.g. Ray's actors)
     parallel_runs: ClassVar[bool] = True
+    #: whether it runs a sampled client population (``ExperimentConfig.n_clients``,
+    #: ``byzance.round.clients``); ``check`` refuses one otherwise
+    runs_population: ClassVar[bool] = False
 
     # -- options ------------------------------------------------------------------------
     def make_options(self, values: Any = None) -> Any:
@@ -112,6 +115,15 @@ class Engine:
                 f"ExperimentConfig.protocol: engine {self.name!r} does not run protocol "
                 f"{config.protocol!r} (it runs: {', '.join(self.protocols)}; engines that "
                 f"run it: {', '.join(engines_running(config.protocol)) or 'none'})"
+            )
+        if getattr(config, "n_clients", None) is not None and not self.runs_population:
+            from byzance.engines.registry import available, get
+
+            able = [name for name in available() if get(name).runs_population]
+            raise ValueError(
+                f"ExperimentConfig.n_clients: engine {self.name!r} does not run a sampled "
+                f"client population, got n_clients={config.n_clients} (engines that do: "
+                f"{', '.join(able) or 'none'})"
             )
 
     def run(

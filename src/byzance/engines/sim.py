@@ -17,6 +17,9 @@ from byzance.round.record import Record, RunResult
 #: protocol -> "module:Class" of its simulator (imported when a run starts)
 RUNNERS: dict[str, str] = {
     "server": "byzance.sim.simulation:Simulation",
+    "async": "byzance.sim.asynchronous:AsyncSimulation",
+    "byzsgd": "byzance.sim.byzsgd:ByzSGD",
+    "decentralized": "byzance.sim.decentralized:DecentralizedSimulation",
 }
 
 
@@ -25,6 +28,7 @@ class SimulatorEngine(Engine):
     summary = "vectorised in-process simulator (default)"
     Options = NoOptions
     protocols = tuple(RUNNERS)
+    runs_population = True  # byzance.sim.population
 
     def run(
         self,
@@ -35,5 +39,7 @@ class SimulatorEngine(Engine):
         progress: bool = False,
     ) -> RunResult:
         module, cls = RUNNERS[config.protocol].split(":")
+        if getattr(config, "n_clients", None) is not None:  # a sampled client population
+            module, cls = "byzance.sim.population", "PopulationSimulation"
         runner = getattr(importlib.import_module(module), cls)
         return runner(config).run(on_metrics=on_metrics, progress=progress)

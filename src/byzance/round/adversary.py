@@ -39,8 +39,10 @@ class Adversary:
         self.__dict__.setdefault("cuda_rng", None)
         self._forge = getattr(self.attack, "forge", None)
 
-    def forge(self, honest: torch.Tensor) -> torch.Tensor:
-        """The f Byzantine vectors (f, d), in the honest vectors' dtype."""
+    def forge(self, honest: torch.Tensor, count: int | None = None) -> torch.Tensor:
+        """The f Byzantine vectors (f, d), in the honest vectors' dtype; ``count``: forge that
+        many instead of f (a sampled client population, ``byzance.round.clients``)."""
+        f = self.f if count is None else count
         device = honest.device if honest.device.type == "cuda" else None
         with torch.random.fork_rng(devices=[device] if device is not None else []):
             if self.rng is None:
@@ -53,16 +55,16 @@ class Adversary:
                 else:
                     torch.cuda.set_rng_state(self.cuda_rng, device)
             if self._forge is not None:
-                byz = self._forge(honest, self.f)
+                byz = self._forge(honest, f)
             else:
-                byz = self.attack(honest, self.f)
+                byz = self.attack(honest, f)
             self.rng = torch.get_rng_state()
             if device is not None:
                 self.cuda_rng = torch.cuda.get_rng_state(device)
-        if byz.shape != (self.f, honest.shape[1]):
+        if byz.shape != (f, honest.shape[1]):
             raise ValueError(
                 f"attack {self.name!r} returned shape {tuple(byz.shape)}, "
-                f"expected ({self.f}, {honest.shape[1]})"
+                f"expected ({f}, {honest.shape[1]})"
             )
         return byz.to(honest.dtype)
 

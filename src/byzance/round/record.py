@@ -6,7 +6,10 @@ diverges) holds ``round``, ``train_loss`` (mean honest batch loss of that round)
 (``||aggregate - mean of the honest vectors aggregated||``), ``lr``, ``time`` (seconds since
 the start). Engines add their own keys: ``missing_workers`` (workers left out since the last
 record, with the reason), and for the decentralised protocol ``spread`` (the honest models'
-diameter ``max_ij ||theta_i - theta_j||``) and ``test_accuracy_min`` / ``_max`` over nodes.
+diameter ``max_ij ||theta_i - theta_j||``) and ``test_accuracy_min`` / ``_max`` over nodes; a
+sampled client population (``byzance.sim.population``) adds ``sampled_byzantine`` (the
+Byzantine clients sampled in each round since the last record), ``aggregator_f`` and
+``rounds_over_f``.
 A diverged run (non-finite parameters) reports chance accuracy, 1 / num_classes.
 """
 

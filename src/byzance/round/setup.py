@@ -3,8 +3,10 @@
 ``Setup(config)`` validates the config, loads the dataset (or takes one), holds out
 ``val_fraction`` of the training set as a validation split (seeded), partitions the rest among
 all ``n_honest + f`` workers (whatever the attack, so honest data are the same under every
-attack), builds the model (seeded) and its flat initial parameters, the aggregation pipeline and
-the attack. From it each engine takes the round's parts:
+attack; with a client population, ``byzance.round.clients``, among its ``n_clients`` clients,
+``h`` and ``f`` then being its honest and Byzantine counts), builds the model (seeded) and its
+flat initial parameters, the aggregation pipeline and the attack. From it each engine takes
+the round's parts:
 
 ``make_workers(ids)``
     a ``Workers`` step for those workers (all of them: the simulator; one: a Ray actor or a
@@ -53,12 +55,22 @@ class Setup:
         self.config = cfg = config
         self.device = torch.device(cfg.device)
         self.h, self.f = cfg.n_honest, cfg.f
+        if cfg.n_clients is not None:  # a client population: its honest and Byzantine clients
+            self.h, self.f = cfg.population.honest, cfg.population.byzantine
         self.aggregator = cfg.build_aggregator()
+        from byzance.round.zero_order import build_estimator
+
+        #: FedZero's two-point estimator (``byzance.round.zero_order``), None: backprop
+        self.estimator = build_estimator(cfg.gradient_estimator, dict(cfg.estimator_params))
         self.attack = cfg.build_attack(self.aggregator) if cfg.has_attack else None
         self.data_attack = self.attack is not None and is_data_attack(self.attack)
         self.gradient_attack = self.attack is not None and not self.data_attack
         self._load_data(dataset)
         self._build_model(model)
+        from byzance.round.crash_training import build as build_crash
+
+        #: the fault-tolerance regulariser (``byzance.round.crash_training``), None: off
+        self.crash = build_crash(cfg, self.flat.module)
         if self.data_attack:  # surface e.g. a model the poisoning cannot handle, before running
             probe = self.make_workers()
             probe._params = self.params0
@@ -73,7 +85,7 @@ class Setup:
 
     # ------------------------------------------------------------------ set-up
     def _load_data(self, dataset: Any) -> None:
-        from byzance.sim.config import validation_size
+        from byzance.sim.config_checks import validation_size
 
         cfg = self.config
         if dataset is None:
@@ -99,7 +111,13 @@ class Setup:
         from byzance.datasets import partition
 
         shards = partition(
-            y, self.h + self.f, cfg.heterogeneity, alpha=cfg.alpha, gamma=cfg.gamma, seed=cfg.seed
+            y,
+            self.h + self.f,
+            cfg.heterogeneity,
+            alpha=cfg.alpha,
+            gamma=cfg.gamma,
+            seed=cfg.seed,
+            min_size=None if cfg.n_clients is None else cfg.min_client_examples,
         )
         self.shards = Shards(shards, device=self.device)
         self.x_train = x.to(self.device)
@@ -141,6 +159,8 @@ class Setup:
             "num_classes": self.num_classes,
             "n_honest": self.h,
             "poisoner": self.attack if self.data_attack else None,
+            "estimator": self.estimator,
+            "crash": self.crash,
         }
         if ids is None:
             all_ids = torch.arange(self.h + self.f, device=self.device)

@@ -169,8 +169,8 @@ class SummedGradients:
                 logits = functional_call(
                     self.module, (params, self.buffers), (xs.reshape(k * b, *xs.shape[2:]),)
                 )
-                losses = nn.functional.cross_entropy(
-                    logits, ys.reshape(-1), reduction="none"
+                losses = nn.functional.cross_entropy(  # labels (k, B) or soft (k, B, C)
+                    logits, ys.reshape(k * b, *ys.shape[2:]), reduction="none"
                 ).view(k, b)
                 losses = losses.mean(1)
                 if len(seen) != len(self._layers) or len({id(m) for m, _, _ in seen}) != len(

@@ -59,6 +59,8 @@ class Workers:
         num_classes: int,
         n_honest: int,
         poisoner: Any = None,
+        estimator: Any = None,
+        crash: Any = None,
     ) -> None:
         self.flat = flat
         self.x, self.y, self.shards = x, y, shards
@@ -67,6 +69,13 @@ class Workers:
         self.beta, self.lr_at = beta, lr_at
         self.num_classes, self.n_honest = num_classes, n_honest
         self.poisoner = poisoner
+        self.estimator = estimator  # zero-order (byzance.round.zero_order), None: backprop
+        #: the fault-tolerance regulariser (byzance.round.crash_training), None: off
+        self.crash = crash
+        #: gradient inversion (byzance.attacks.gradient_inversion): the honest gradients of the
+        #: round first, then the Byzantine rows' poisoned batches from them (``_inverted``)
+        self.inverts = bool(getattr(poisoner, "needs_honest_gradients", False))
+        self._input_range: tuple[float, float] | None = None
         self.takes_params = poisoner is not None and (
             "model_params" in inspect.signature(poisoner.poison).parameters
         )
@@ -98,7 +107,8 @@ class Workers:
         )
         idx = self.shards.index[rows[:, None], local]
         xs, ys = self.x[idx], self.y[idx]
-        if self.poisoner is not None and bool((workers >= self.n_honest).any()):
+        poisons = self.poisoner is not None and not self.inverts
+        if poisons and bool((workers >= self.n_honest).any()):
             xs, ys = self._poison(workers, xs, ys, round_, step)
         return xs, ys
 
@@ -120,9 +130,20 @@ class Workers:
         self, rows: torch.Tensor, params: torch.Tensor, round_: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw vectors (k, d) and mean batch losses (k,) of ``rows`` at ``params``: the
-        gradient (K = 1) or the pseudo-gradient of K local steps (loss: mean over steps)."""
+        gradient (K = 1) or the pseudo-gradient of K local steps (loss: mean over steps).
+        With ``crash`` (the fault-tolerance regulariser, ``byzance.round.crash_training``) the
+        honest rows add ``lam grad R`` in a loop over them; off, nothing changes."""
         self._params = params
+        if self.estimator is not None:  # FedZero: two loss values per direction, no backprop
+            workers = self.ids.to(rows.device)[rows]
+            xs, ys = self.batch(rows, round_, 0)
+            est = self.estimator
+            return est.estimate(self.flat.loss, params, workers, round_, self.seed, xs, ys)
         grad_shared, grad_local = self.grad_fns()
+        if self.crash is not None:  # + lam grad R on the honest rows: a loop over them
+            grad_shared, grad_local = self.crash.wrap(self, rows, grad_shared, grad_local)
+        if self.inverts:
+            return self._inverted(rows, params, round_)
         if self.local_steps == 1:
             return grad_shared(params, *self.batch(rows, round_, 0))
         lr = self.lr_at(round_)
@@ -133,6 +154,30 @@ class Workers:
             local.sub_(g, alpha=lr)
             loss_sum += loss
         return (params - local).div_(lr), loss_sum / self.local_steps
+
+    def _inverted(
+        self, rows: torch.Tensor, params: torch.Tensor, round_: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradient inversion: the honest rows' gradients, from which the poisoner optimises
+        the Byzantine rows' poisoned examples (soft labels), then their gradients on them.
+        ``rows`` must hold every honest worker (the simulator's group does)."""
+        grad_shared = self.grad_fns()[0]
+        byz = self.ids.to(rows.device)[rows] >= self.n_honest
+        if not bool(byz.any()):
+            return grad_shared(params, *self.batch(rows, round_, 0))
+        g = params.new_empty(rows.numel(), params.numel())
+        losses = params.new_empty(rows.numel())
+        honest, honest_losses = grad_shared(params, *self.batch(rows[~byz], round_, 0))
+        g[~byz], losses[~byz] = honest, honest_losses
+        if self._input_range is None:  # the valid inputs: the range of the training inputs
+            self._input_range = (float(self.x.min()), float(self.x.max()))
+        xs, ys = self.batch(rows[byz], round_, 0)
+        xs, soft = self.poisoner.invert(
+            self.flat.loss, params, honest, xs, ys, self.num_classes,
+            bounds=self._input_range, seed=poison_seed(self.seed, self.n_honest, round_, 0),
+        )  # fmt: skip
+        g[byz], losses[byz] = grad_shared(params, xs, soft)
+        return g, losses
 
     def momentum(
         self, g: torch.Tensor, m: torch.Tensor | None, out: torch.Tensor | None = None

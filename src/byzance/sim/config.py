@@ -17,7 +17,9 @@ from typing import Any
 from byzance import protocols
 from byzance.protocols import DEFAULT as DEFAULT_PROTOCOL
 from byzance.protocols import PROTOCOLS
+from byzance.sim import config_checks
 from byzance.validation import (
+    AnyOf,
     Constraint,
     Integer,
     Mapping,
@@ -62,14 +64,21 @@ CONSTRAINTS: dict[str, Constraint] = {
     "server_momentum": Real(low=0, high=1, closed="left"),
     "eval_batch_size": Integer(low=1),
     "protocol": OneOf(*PROTOCOL_NAMES),
+    # a client population sampled per round (byzance.round.clients)
+    "n_clients": OptionalOf(Integer(low=1)),
+    "byzantine_clients": AnyOf(Integer(low=0, floats=False), Real(low=0, high=1, closed="left")),
+    "clients_per_round": AnyOf(Integer(low=1), OneOf("all")),
+    "f_exceed_probability": OptionalOf(Real(low=0, high=1, closed="neither")),
+    "min_client_examples": Integer(low=1),
+    # the gradient estimator (byzance.round.zero_order: FedZero)
+    "gradient_estimator": OneOf("backprop", "zero_order"),
+    "estimator_params": Mapping(),
+    # averaging agreement of protocol decentralized (byzance.round.agreement)
+    "agreement": OneOf("none", "mda", "trimmed_mean"),
+    "agreement_rounds": Integer(low=0),
+    "crash_regularizer": Mapping(),  # byzance.round.crash_training
     **protocols.constraints(),  # each protocol's own fields (byzance.protocols)
 }
-
-
-def validation_size(val_fraction: float, num_train: int) -> int:
-    """Examples held out for validation from ``num_train``: ``round(val_fraction * num_train)``,
-    at least 1 when ``val_fraction > 0``, 0 otherwise."""
-    return max(1, int(round(val_fraction * num_train))) if val_fraction > 0 else 0
 
 
 def _attack_name(spec: str) -> str:
@@ -98,11 +107,35 @@ class ExperimentConfig:
     ``inverse_sqrt``: 1/sqrt(t)). Metrics every ``eval_every`` rounds and at the last round;
     the test set is evaluated in batches of ``eval_batch_size``.
 
+    Client population (``byzance.round.clients``, cross-device federated learning): with
+    ``n_clients`` = N set, the workers are N clients of which ``byzantine_clients`` (a count,
+    or a fraction of N) are Byzantine; each round samples ``clients_per_round`` of them
+    (``"all"``: every client), so the Byzantine count of a round is hypergeometric; ``f`` is
+    the aggregator's f, raised to the smallest value exceeded with probability at most
+    ``f_exceed_probability`` when that is set; every client gets at least
+    ``min_client_examples`` examples; ``n_honest`` is not used.
+
+    Gradient estimator: ``gradient_estimator = "backprop"`` (default) or ``"zero_order"``
+    (FedZero, ``byzance.round.zero_order``: workers send two-point finite differences along
+    shared-seed random directions, with ``estimator_params`` directions, radius, queries,
+    robust).
+
     Protocol (``byzance.protocols``): ``protocol = "server"`` (a trusted server, the default)
     or ``"decentralized"`` (no server: each honest node aggregates its peers' vectors with
     ``aggregator``, then their models with ``model_aggregator``; Byzantine nodes tailor their
     vectors to each recipient if ``equivocate``). Which engines run which protocol:
-    ``byzance.engines``.
+    ``byzance.engines``. ``"async"``: the server applies each vector as it arrives, through
+    Kardam's filters (``async_filter``) and staleness dampening (``dampening``,
+    ``dampening_alpha``), with the simulator's timing model (``compute_time``,
+    ``straggler_fraction``, ``straggler_slowdown``, ``byzantine_speed``) and the attack aimed
+    at the Lipschitz filter (``filter_attack``); see ``byzance.sim.asynchronous``.
+    ``"byzsgd"``: ``n_servers`` server replicas, ``f_servers`` of them Byzantine (models
+    forged by ``server_attack``), contracted every ``contraction_every`` steps; see
+    ``byzance.sim.byzsgd``. ``agreement`` (``"none"``, ``"mda"``, ``"trimmed_mean"``) makes the
+    decentralised model exchange an averaging agreement of ``agreement_rounds`` rounds (0: the
+    logarithmic schedule; ``byzance.round.agreement``). ``crash_regularizer``: ``{}`` (off) or
+    ``{weight, layer, p}``: honest workers add the fault-tolerance regulariser's gradient
+    (``byzance.round.crash_training``).
     """
 
     dataset: str = "digits"
@@ -133,6 +166,28 @@ class ExperimentConfig:
     protocol: str = DEFAULT_PROTOCOL
     model_aggregator: str = PROTOCOLS["decentralized"].fields["model_aggregator"]
     equivocate: bool = PROTOCOLS["decentralized"].fields["equivocate"]
+    async_filter: str = PROTOCOLS["async"].fields["async_filter"]
+    dampening: str = PROTOCOLS["async"].fields["dampening"]
+    dampening_alpha: float = PROTOCOLS["async"].fields["dampening_alpha"]
+    compute_time: str = PROTOCOLS["async"].fields["compute_time"]
+    straggler_fraction: float = PROTOCOLS["async"].fields["straggler_fraction"]
+    straggler_slowdown: float = PROTOCOLS["async"].fields["straggler_slowdown"]
+    byzantine_speed: float = PROTOCOLS["async"].fields["byzantine_speed"]
+    filter_attack: str = PROTOCOLS["async"].fields["filter_attack"]
+    n_servers: int = PROTOCOLS["byzsgd"].fields["n_servers"]
+    f_servers: int = PROTOCOLS["byzsgd"].fields["f_servers"]
+    contraction_every: int = PROTOCOLS["byzsgd"].fields["contraction_every"]
+    server_attack: str = PROTOCOLS["byzsgd"].fields["server_attack"]
+    n_clients: int | None = None
+    byzantine_clients: int | float = 0
+    clients_per_round: int | str = "all"
+    f_exceed_probability: float | None = None
+    min_client_examples: int = 3
+    gradient_estimator: str = "backprop"
+    estimator_params: dict[str, Any] = field(default_factory=dict)
+    agreement: str = "none"
+    agreement_rounds: int = 0
+    crash_regularizer: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ construction
     def __post_init__(self) -> None:
@@ -192,12 +247,30 @@ class ExperimentConfig:
     # ------------------------------------------------------------------ checks
     @property
     def has_attack(self) -> bool:
+        if self.n_clients is not None:  # a population: its Byzantine clients attack
+            return _attack_name(self.attack) != NO_ATTACK and self.population.byzantine > 0
         return _attack_name(self.attack) != NO_ATTACK and self.f > 0
 
     @property
     def n_received(self) -> int:
         """Number of vectors the server aggregates each round."""
+        if self.n_clients is not None:  # the sampled clients
+            return self.population.per_round
         return self.n_honest + (self.f if self.has_attack else 0)
+
+    @property
+    def population(self) -> Any:
+        """The resolved client population (``byzance.round.clients.Population``; requires
+        ``n_clients``)."""
+        from byzance.round.clients import Population
+
+        return Population.of(self)
+
+    @property
+    def aggregator_f(self) -> int:
+        """The f the aggregator is built with: ``f``, or with a client population and
+        ``f_exceed_probability`` the hypergeometric bound (``byzance.round.clients``)."""
+        return self.f if self.n_clients is None else self.population.aggregator_f
 
     def _check_fields(self) -> None:
         validate_dataclass(self, CONSTRAINTS)
@@ -207,11 +280,14 @@ class ExperimentConfig:
 
         Covers field types and ranges, the dataset/model names (the model is not checked if
         ``custom_model``), the device, the data (unless ``custom_dataset``: see
-        ``_check_data``), the aggregation pipeline (built and checked with ``check(n)`` on the
-        number of vectors the server receives: ``n_honest + f``, or ``n_honest`` with
-        ``attack="none"``) and the attack (built with its parameters).
+        ``config_checks.check_data``), the aggregation pipeline (built and checked with
+        ``check(n)`` on the number of vectors the server receives: ``n_honest + f``, or
+        ``n_honest`` with ``attack="none"``), the attack (built with its parameters) and the
+        conditions of the protocol and of every setting beyond the base round
+        (``config_checks.check_settings``).
         """
         self._check_fields()
+        config_checks.check_population_fields(self)
         from byzance import datasets, models
 
         try:
@@ -226,85 +302,34 @@ class ExperimentConfig:
                 f"ExperimentConfig.model: expected one of {', '.join(models.MODELS)}, "
                 f"got {self.model!r}"
             )
-        self._check_device()
+        config_checks.check_device(self)
         if not custom_dataset:
-            self._check_data(check_model=not custom_model)
+            config_checks.check_data(self, check_model=not custom_model)
         agg = self.build_aggregator()
         self.build_attack(agg)
         self.build_model_aggregator()  # a bad name is an error even where it is unused
-
-    def _check_data(self, check_model: bool = True) -> None:
-        """What the dataset declares (``datasets.dataset_info``, no data loaded) against the
-        config: the data dir exists and the files found look right (``datasets.check_files``,
-        cheap and cached), the model fits the inputs (``models.check_fits``: one forward pass
-        on a batch of one, cached), and after the validation split (``validation_size``)
-        every one of the ``n_honest + f`` workers can get at least one training example.
-        (``heterogeneity="dirichlet"`` may still leave a worker empty with few examples per
-        worker: the partition says so at set-up.)"""
-        from byzance import datasets, models
-
-        info = datasets.dataset_info(self.dataset)
-        if info.reads_files:
-            try:
-                datasets.check_data_dir(self.data_dir)
-            except ValueError as exc:
-                raise ValueError(f"ExperimentConfig.data_dir: {exc}") from exc
-            try:
-                datasets.check_files(info.name, self.data_dir)
-            except ValueError as exc:
-                raise ValueError(f"ExperimentConfig.dataset: {info.name}: {exc}") from exc
-        if check_model and self.model in models.MODELS:
-            try:
-                models.check_fits(self.model, info.input_shape, info.num_classes)
-            except ValueError as exc:
-                raise ValueError(
-                    f"ExperimentConfig.model: {self.model!r} cannot run on dataset {info.name!r} "
-                    f"(inputs of shape {info.input_shape}): {exc}"
-                ) from exc
-        workers, n = self.n_honest + self.f, info.num_train
-        n_val = validation_size(self.val_fraction, n)
-        need = f"the {workers} workers (n_honest={self.n_honest} + f={self.f}) need one each"
-        if n < workers:
-            raise ValueError(
-                f"ExperimentConfig.n_honest: dataset {info.name!r} has {n} training examples "
-                f"and {need}; use at most {n} workers"
-            )
-        if n - n_val < workers:
-            raise ValueError(
-                f"ExperimentConfig.val_fraction: {self.val_fraction} holds out {n_val} of the "
-                f"{n} training examples of {info.name!r} for validation, leaving {n - n_val}, "
-                f"and {need}; use val_fraction <= {(n - workers) / n:.6g}"
-            )
-
-    def _check_device(self) -> None:
-        import torch
-
-        try:
-            dev = torch.device(self.device)
-        except (RuntimeError, TypeError) as exc:
-            raise ValueError(
-                f"ExperimentConfig.device: expected e.g. 'cpu' or 'cuda:0', got {self.device!r}"
-            ) from exc
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(
-                f"ExperimentConfig.device: {self.device!r} requested but CUDA is not available"
-            )
+        config_checks.check_settings(self, custom_model=custom_model)
 
     def build_aggregator(self) -> Any:
         """The server's pipeline, checked on the number of vectors it receives."""
         from byzance import aggregators
 
         try:
-            agg = aggregators.create(self.aggregator, f=self.f, **self.aggregator_params)
+            agg = aggregators.create(self.aggregator, f=self.aggregator_f, **self.aggregator_params)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"ExperimentConfig.aggregator: {exc}") from exc
         try:
             agg.check(self.n_received)
         except ValueError as exc:
+            senders = (
+                f"n_honest={self.n_honest}, f={self.f}"
+                if self.n_clients is None
+                else f"clients_per_round={self.clients_per_round}, n_clients={self.n_clients}"
+            )
             raise ValueError(
-                f"ExperimentConfig.aggregator: {self.aggregator!r} with f={self.f} cannot run on "
-                f"the n={self.n_received} vectors the server receives "
-                f"(n_honest={self.n_honest}, f={self.f}, attack={self.attack!r}): {exc}"
+                f"ExperimentConfig.aggregator: {self.aggregator!r} with f={self.aggregator_f} "
+                f"cannot run on the n={self.n_received} vectors the server receives "
+                f"({senders}, attack={self.attack!r}): {exc}"
             ) from exc
         return agg
 

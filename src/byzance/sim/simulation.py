@@ -43,6 +43,7 @@ its heap instead of mapping and faulting them in afresh every round (process-wid
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -62,6 +63,9 @@ _PHASES = ("honest_gradients", "attack", "aggregation", "update", "evaluation")
 class Simulation(Setup):
     """Set-up state and the round's steps for all workers at once (see the module docstring)."""
 
+    #: whether this class runs a client population (``byzance.sim.population``)
+    runs_population = False
+
     def __init__(
         self,
         config: ExperimentConfig | dict[str, Any],
@@ -70,10 +74,22 @@ class Simulation(Setup):
         dataset: Any = None,
     ) -> None:
         super().__init__(config, model=model, dataset=dataset)
+        if self.config.n_clients is not None and not self.runs_population:
+            raise ValueError(
+                f"Simulation: the config has a client population (n_clients="
+                f"{self.config.n_clients}); use byzance.sim.population.PopulationSimulation "
+                "(run_experiment and the sim engine pick it)"
+            )
         self.params = self.params0
         self.group = self.make_workers()
         self.adversary = self.make_adversary()
         self.server = self.make_server(self.params)
+        #: FedZero's round (workers send scalars; byzance.sim.zero_order), None: backprop
+        self._zero_order: Any = None
+        if self.estimator is not None:
+            from byzance.sim.zero_order import ZeroOrderRound
+
+            self._zero_order = ZeroOrderRound(self)
         # workers that compute gradients each round: honest, then data-poisoning Byzantine
         n_compute = self.h + (self.f if self.data_attack else 0)
         self.computing = torch.arange(n_compute, device=self.device)
@@ -175,6 +191,8 @@ class Simulation(Setup):
         the honest vectors, and whether the new parameters are all finite. The honest vectors
         (and ``momenta``) are rows of the received matrix, overwritten by the next round.
         """
+        if self._zero_order is not None:  # FedZero: scalars sent, estimates rebuilt
+            return self._zero_order.round(round_)
         t = self.timings
         h = self.h
         t0 = self.clock()
@@ -268,9 +286,11 @@ def run_experiment(
     ``dataset``: an already loaded ``byzance.datasets.Dataset`` instead of ``config.dataset``.
     Never raises on divergence: the result is marked ``diverged`` with chance accuracy.
     """
-    return Simulation(config, model=model, dataset=dataset).run(
-        on_metrics=on_metrics, progress=progress
-    )
+    cls = Simulation
+    cfg = config if isinstance(config, ExperimentConfig) else ExperimentConfig.from_dict(config)
+    if cfg.n_clients is not None:  # a sampled client population (by name: it subclasses us)
+        cls = importlib.import_module("byzance.sim.population").PopulationSimulation
+    return cls(cfg, model=model, dataset=dataset).run(on_metrics=on_metrics, progress=progress)
 
 
 __all__ = ["RunResult", "Simulation", "run_experiment"]

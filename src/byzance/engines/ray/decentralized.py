@@ -96,6 +96,11 @@ def check_decentralized(config: Any, options: RayOptions) -> _Plan:
             "ExperimentConfig.server_momentum: must be 0 with protocol decentralized "
             "(there is no server)"
         )
+    if getattr(config, "agreement", "none") != "none":  # byzance.sim.decentralized runs it
+        raise ValueError(
+            f"ExperimentConfig.agreement: the averaging agreement ({config.agreement!r}) runs "
+            "on the sim engine only; use agreement='none' on ray"
+        )
     h, f = config.n_honest, (config.f if config.has_attack else 0)
     n = h + f
     q = n - config.f if options.quorum is None else options.quorum

@@ -2,7 +2,8 @@
 
 Protocols: ``server`` (the partially synchronous trusted server of ``server.RayEngine``: the
 first q vectors of a round are aggregated, slow, crashed or malformed workers are left out)
-and ``decentralized`` (``decentralized``: every honest node aggregates its peers). The
+and ``decentralized`` (``decentralized``: every honest node aggregates its peers), ``async``
+and ``byzsgd`` (``byzsgd``: replicated servers, some Byzantine, as actors beside the workers). The
 workers compute the round's steps of ``byzance.round`` (``workload``); the run id keys the
 quorum q under the trusted server (it changes what is aggregated), nothing else of the options.
 """
@@ -25,7 +26,7 @@ class RayClusterEngine(Engine):
     name = "ray"
     summary = "real workers on Ray, one actor each (pip install 'byzance[ray]')"
     Options = RayOptions
-    protocols = ("server", "decentralized")
+    protocols = ("server", "decentralized", "async", "byzsgd")
     parallel_runs = False  # its actors use the machine (the cluster) already
 
     def finish_options(self, options: RayOptions) -> None:
@@ -38,8 +39,29 @@ class RayClusterEngine(Engine):
 
     def check(self, config: Any, options: RayOptions) -> None:
         super().check(config, options)
+        if config.gradient_estimator != "backprop":
+            raise ValueError(
+                "ExperimentConfig.gradient_estimator: the ray engine runs 'backprop' only, got "
+                f"{config.gradient_estimator!r}; run FedZero with --engine sim"
+            )
+        if config.has_attack and config.attack.split("(", 1)[0].strip() == "gradient_inversion":
+            raise ValueError(
+                "ExperimentConfig.attack: 'gradient_inversion' needs every honest gradient of the "
+                "round before the Byzantine workers compute theirs, which the ray engine's actors "
+                "do not share; run it with --engine sim"
+            )
         from byzance.engines.ray.cluster import check_before_start
 
+        if config.protocol == "async":
+            from byzance.engines.ray.asynchronous import check_async_ray
+
+            check_before_start(check_async_ray(config, options), options)
+            return
+        if config.protocol == "byzsgd":
+            from byzance.engines.ray.byzsgd import check_byzsgd_ray
+
+            check_before_start(check_byzsgd_ray(config, options), options)
+            return
         if config.protocol == "decentralized":
             from byzance.engines.ray.decentralized import check_decentralized
 
@@ -71,11 +93,20 @@ class RayClusterEngine(Engine):
     ) -> RunResult:
         """Train ``config`` on Ray. ``engine_hook(x)`` once the actors are up and
         ``before_round(x, t)`` before each round are test hooks (fault injection); ``x`` is
-        the ``RayEngine`` (server) or the list of node actors (decentralized)."""
+        the ``RayEngine`` (server) or the list of node actors (decentralized, and the worker
+        actors under async)."""
         _require_ray()
         from byzance.results import run_id
 
         rid = run_id(config.to_dict(), self.name, self.id_fields(config, options))
+        if config.protocol == "async":
+            from byzance.engines.ray.asynchronous import run_async
+
+            return run_async(config, options, on_metrics, progress, engine_hook)
+        if config.protocol == "byzsgd":
+            from byzance.engines.ray.byzsgd import run_byzsgd
+
+            return run_byzsgd(config, options, on_metrics, progress)
         if config.protocol == "decentralized":
             from byzance.engines.ray.decentralized import run_nodes
 

@@ -1,0 +1,1 @@
+"""A Flower app (ServerApp + ClientApp) with byzance's robust aggregation."""
