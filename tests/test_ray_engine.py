@@ -161,7 +161,7 @@ def test_malformed_vectors_exceptions_and_crashes_never_stop_the_server(ray_loca
         for t, (w, kind) in faults.items():
             engine.inject_fault(w, kind, rounds=[t])
             for other in set(range(4)) - {w}:  # the faulty vector arrives first (with a
-                engine.inject_fault(other, "delay", rounds=[t], seconds=5.0)  # margin for load)
+                engine.inject_fault(other, "delay", rounds=[t], seconds=8.0)  # margin for load)
         history = engine.run()
         by_round: dict[int, dict[int, str]] = {}
         for m in history[-1]["missing_workers"]:

@@ -11,7 +11,6 @@ returned metrics carry the same ``byzance-*`` counts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -28,58 +27,18 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
 from byzance.flower.replies import short_reason
-from byzance.flower.robust import RobustAggregation
+from byzance.flower.robust import RobustStrategy
 
 
 def _keyed(arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
     return {str(i): a for i, a in enumerate(arrays)}
 
 
-class LegacyRobustFedAvg(FedAvg):
+class LegacyRobustFedAvg(RobustStrategy, FedAvg):
     """The legacy ``FedAvg`` with a byzance rule on the updates (see the module docstring).
 
     Byzantine switch: the nodes are the clients' ``cid``s (the ``byzantine_nodes`` smallest).
     """
-
-    def __init__(
-        self,
-        aggregator: str = "trimmed_mean",
-        f: int = 0,
-        *,
-        aggregator_params: Mapping[str, Any] | None = None,
-        attack: str = "none",
-        attack_params: Mapping[str, Any] | None = None,
-        byzantine_nodes: int = 0,
-        on_too_few: str = "skip",
-        seed: int = 0,
-        **fedavg: Any,
-    ) -> None:
-        super().__init__(**fedavg)
-        self.robust = RobustAggregation(
-            aggregator,
-            f,
-            aggregator_params=aggregator_params,
-            attack=attack,
-            attack_params=attack_params,
-            byzantine_nodes=byzantine_nodes,
-            on_too_few=on_too_few,
-            seed=seed,
-        )
-        self.robust.owner = type(self).__name__
-        self._reference: dict[str, np.ndarray] | None = None
-
-    @classmethod
-    def from_run_config(
-        cls, run_config: Mapping[str, Any], **overrides: Any
-    ) -> LegacyRobustFedAvg:
-        """As ``RobustFedAvg.from_run_config``."""
-        from byzance.flower.run_config import strategy_kwargs
-
-        return cls(**{**strategy_kwargs(run_config), **overrides})
-
-    @property
-    def rejections(self) -> list[dict[str, Any]]:
-        return self.robust.rejections
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.robust.rule!r}, f={self.robust.f})"

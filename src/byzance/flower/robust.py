@@ -199,3 +199,51 @@ class RobustAggregation:
             metrics.update({"byzance-skipped": 1, "byzance-update-norm": 0.0})
             return RoundOutcome(None, metrics, rejected, honest_nodes)
         return RoundOutcome(unflatten_into(agg, reference), metrics, rejected, honest_nodes)
+
+
+class RobustStrategy:
+    """What both Flower strategies share (``RobustFedAvg`` for the Message API,
+    ``LegacyRobustFedAvg`` for the legacy one): the byzance settings, passed to
+    ``RobustAggregation``, then every other keyword to Flower's ``FedAvg`` (the next class in
+    the strategy's bases)."""
+
+    def __init__(
+        self,
+        aggregator: str = "trimmed_mean",
+        f: int = 0,
+        *,
+        aggregator_params: Mapping[str, Any] | None = None,
+        attack: str = "none",
+        attack_params: Mapping[str, Any] | None = None,
+        byzantine_nodes: int = 0,
+        on_too_few: str = "skip",
+        seed: int = 0,
+        **fedavg: Any,
+    ) -> None:
+        super().__init__(**fedavg)
+        self.robust = RobustAggregation(
+            aggregator,
+            f,
+            aggregator_params=aggregator_params,
+            attack=attack,
+            attack_params=attack_params,
+            byzantine_nodes=byzantine_nodes,
+            on_too_few=on_too_few,
+            seed=seed,
+        )
+        self.robust.owner = type(self).__name__
+        self._reference: dict[str, np.ndarray] | None = None
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any], **overrides: Any) -> Any:
+        """Build from a Flower run config (``context.run_config``): the ``byzance-*`` keys
+        (see ``byzance.flower.run_config.KEYS``); ``overrides`` win (e.g. ``FedAvg``'s own
+        ``fraction_train=0.5``)."""
+        from byzance.flower.run_config import strategy_kwargs
+
+        return cls(**{**strategy_kwargs(run_config), **overrides})
+
+    @property
+    def rejections(self) -> list[dict[str, Any]]:
+        """Every rejected reply of the run: ``{"round", "node", "reason"}``."""
+        return self.robust.rejections

@@ -21,7 +21,7 @@ replaces the aggregation of the models by ``byzance.flower.robust.RobustAggregat
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -30,57 +30,16 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from byzance.flower.replies import short_reason
-from byzance.flower.robust import RobustAggregation
+from byzance.flower.robust import RobustStrategy
 
 
-class RobustFedAvg(FedAvg):
+class RobustFedAvg(RobustStrategy, FedAvg):
     """Flower's ``FedAvg`` with a byzance rule on the updates (see the module docstring).
 
     ``aggregator``, ``f``, ``aggregator_params``, ``attack``, ``attack_params``,
     ``byzantine_nodes``, ``on_too_few``, ``seed``: as ``RobustAggregation``; every other
     keyword goes to ``FedAvg``.
     """
-
-    def __init__(
-        self,
-        aggregator: str = "trimmed_mean",
-        f: int = 0,
-        *,
-        aggregator_params: Mapping[str, Any] | None = None,
-        attack: str = "none",
-        attack_params: Mapping[str, Any] | None = None,
-        byzantine_nodes: int = 0,
-        on_too_few: str = "skip",
-        seed: int = 0,
-        **fedavg: Any,
-    ) -> None:
-        super().__init__(**fedavg)
-        self.robust = RobustAggregation(
-            aggregator,
-            f,
-            aggregator_params=aggregator_params,
-            attack=attack,
-            attack_params=attack_params,
-            byzantine_nodes=byzantine_nodes,
-            on_too_few=on_too_few,
-            seed=seed,
-        )
-        self.robust.owner = type(self).__name__
-        self._reference: dict[str, np.ndarray] | None = None
-
-    @classmethod
-    def from_run_config(cls, run_config: Mapping[str, Any], **overrides: Any) -> RobustFedAvg:
-        """Build from a Flower run config (``context.run_config``): the ``byzance-*`` keys
-        (see ``byzance.flower.run_config.KEYS``); ``overrides`` win (e.g. ``FedAvg``'s own
-        ``fraction_train=0.5``)."""
-        from byzance.flower.run_config import strategy_kwargs
-
-        return cls(**{**strategy_kwargs(run_config), **overrides})
-
-    @property
-    def rejections(self) -> list[dict[str, Any]]:
-        """Every rejected reply of the run: ``{"round", "node", "reason"}``."""
-        return self.robust.rejections
 
     def summary(self) -> None:
         super().summary()

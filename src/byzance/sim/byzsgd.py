@@ -121,12 +121,7 @@ class ByzSGD(Setup):
 
     def __init__(self, config: Any, *, model: Any = None, dataset: Any = None) -> None:
         super().__init__(config, model=model, dataset=dataset)
-        cfg = self.config
-        if self.data_attack:
-            raise ValueError(
-                f"ExperimentConfig.attack: protocol byzsgd supports gradient attacks, "
-                f"not the data poisoning {cfg.attack!r}"
-            )
+        cfg = self.config  # validated by Setup: gradient attacks only (round.agreement)
         self.s = cfg.n_servers - cfg.f_servers
         self.fs = cfg.f_servers
         self.take = cfg.n_servers - 2 * cfg.f_servers  # correct replies in a median of q

@@ -51,18 +51,8 @@ class DecentralizedSimulation(Setup):
 
     def __init__(self, config: Any, *, model: Any = None, dataset: Any = None) -> None:
         super().__init__(config, model=model, dataset=dataset)
-        cfg = self.config
-        if cfg.server_momentum:
-            raise ValueError(
-                "ExperimentConfig.server_momentum: must be 0 with protocol decentralized "
-                "(there is no server)"
-            )
-        if self.data_attack:
-            raise ValueError(
-                f"ExperimentConfig.attack: protocol decentralized supports gradient attacks, "
-                f"not the data poisoning {cfg.attack!r}"
-            )
-        h = self.h
+        # validated by Setup: no server momentum, gradient attacks only (sim.config_checks)
+        cfg, h = self.config, self.h
         self.nodes = self.make_server(self.params0.expand(h, -1).clone())
         self.params = self.nodes.params  # (h, d): node i's model is row i
         self.group = self.make_workers()
