@@ -47,18 +47,17 @@ bit for bit.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from byzance.progress import RoundProgress
 from byzance.round.adversary import Adversary
 from byzance.round.agreement import diameter, median_of_replies
 from byzance.round.batched_rules import PerRecipient
 from byzance.round.record import Record, RunResult, agg_distance, metrics_record
 from byzance.round.setup import Setup
+from byzance.sim.loop import run_rounds
 
 #: how far the ``"contraction"`` attack pushes a recipient's anchor from the correct centre
 CONTRACTION_PUSH = 2.0
@@ -227,26 +226,18 @@ class ByzSGD(Setup):
     ) -> RunResult:
         """Train for ``config.rounds`` rounds; records every ``eval_every`` and at the end."""
         cfg = self.config
-        history: list[Record] = []
-        bar = RoundProgress(cfg.rounds, enabled=progress)
-        start = time.perf_counter()
         since = 0
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed + 1)
-            for r in range(1, cfg.rounds + 1):
-                out = self.round(r)
-                self.diverged = self.diverged or not out["finite"]
-                if self.diverged or r == cfg.rounds or r % cfg.eval_every == 0:
-                    record = self.metrics(r, out, time.perf_counter() - start, since)
-                    since = len(self.spreads)
-                    history.append(record)
-                    if on_metrics is not None:
-                        on_metrics(record)
-                    bar.update(r, record)
-                if self.diverged:
-                    break
-        seconds = time.perf_counter() - start
-        bar.close()
+
+        def record(r: int, out: dict[str, Any], seconds: float) -> Record:
+            nonlocal since
+            rec = self.metrics(r, out, seconds, since)
+            since = len(self.spreads)
+            return rec
+
+        history, seconds, diverged = run_rounds(
+            cfg, self.round, record, on_metrics=on_metrics, progress=progress
+        )
+        self.diverged = self.diverged or diverged
         timings = {"rounds": float(self.rounds_run), "server_loops": float(self.rules.loops)}
         return RunResult.from_history(
             cfg,

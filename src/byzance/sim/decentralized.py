@@ -31,19 +31,18 @@ diameter), ``agg_distance`` NaN, ``missing_workers`` empty (nobody is late in a 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from byzance.progress import RoundProgress
 from byzance.round.adversary import Adversary
 from byzance.round.agreement import agreement_rounds, averaging_agreement, diameter
 from byzance.round.batched_rules import PerRecipient
 from byzance.round.record import Record, RunResult, metrics_record
 from byzance.round.setup import Setup
 from byzance.sim.byzsgd import momenta_at
+from byzance.sim.loop import run_rounds
 
 
 class DecentralizedSimulation(Setup):
@@ -133,24 +132,14 @@ class DecentralizedSimulation(Setup):
     ) -> RunResult:
         """Train for ``config.rounds`` rounds; records every ``eval_every`` and at the end."""
         cfg = self.config
-        history: list[Record] = []
-        bar = RoundProgress(cfg.rounds, enabled=progress)
-        start = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed + 1)
-            for r in range(1, cfg.rounds + 1):
-                out = self.round(r)
-                self.diverged = self.diverged or not out["finite"]
-                if self.diverged or r == cfg.rounds or r % cfg.eval_every == 0:
-                    record = self.metrics(r, out["loss"], time.perf_counter() - start)
-                    history.append(record)
-                    if on_metrics is not None:
-                        on_metrics(record)
-                    bar.update(r, record)
-                if self.diverged:
-                    break
-        seconds = time.perf_counter() - start
-        bar.close()
+        history, seconds, diverged = run_rounds(
+            cfg,
+            self.round,
+            lambda r, out, seconds: self.metrics(r, out["loss"], seconds),
+            on_metrics=on_metrics,
+            progress=progress,
+        )
+        self.diverged = self.diverged or diverged
         loops = self.grad_rules.loops + self.model_rules.loops
         timings = {"rounds": float(self.rounds_run), "node_loops": float(loops)}
         return RunResult.from_history(
